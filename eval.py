@@ -27,7 +27,15 @@ import ff
 from data import (UserError, main_guard, opt, parse_config, read_json, read_jsonl, render, write_json, write_jsonl,
                   write_text)
 
-CONDITIONS = {"M0": None, "+Downstream": "ckpt/m1", "+SafetyFT": "ckpt/m2", "FF": "ckpt/ff"}
+
+
+def conditions(signals):
+    """Condition name -> checkpoint (None = M0 itself). FF uses the first signal (the paper's ROUGE); every other
+    signal's filter gets its own row, e.g. FF-nll."""
+    out = {"M0": None, "+Downstream": "ckpt/m1", "+SafetyFT": "ckpt/m2"}
+    for i, sig in enumerate(signals):
+        out["FF" if i == 0 else f"FF-{sig}"] = f"ckpt/ff_{sig}"
+    return out
 
 
 @dataclass
@@ -174,8 +182,10 @@ def render_tables(s):
                          + f" | {fmt(v['auroc'])} | {fmt(v['ap'])} | "
                          + " | ".join(fmt(c["mean_by_kind"].get(k)) for k in kinds)
                          + f" | {fmt(c['auroc'])} | {fmt(c['ap'])} |")
-    lines += ["", f"The filter at t = {ft} (flag iff forgetting > threshold; positive = unsafe; "
-                  f"the FF model was trained on what the **{s['filter']['signal']}** signal kept):", "",
+    sigs = s["filter"]["ff_signals"]
+    lines += ["", f"The filter at t = {ft} (flag iff forgetting > threshold; positive = unsafe). FF was trained on "
+                  f"what the **{sigs[0]}** filter kept" + "".join(f", FF-{x} on what the {x} filter kept"
+                                                                 for x in sigs[1:]) + ":", "",
               "| signal | threshold | precision | recall | F1 | " + " | ".join(f"flagged {k}" for k in kinds) + " |",
               "|---" * (5 + len(kinds)) + "|"]
     for sig, d in s["filter"]["signals"].items():
@@ -232,20 +242,21 @@ def main():
     squad_items = read_jsonl(run / "eval_squad.jsonl", required=("id", "prompt", "answers"))
     scorer_name, scorer = load_scorer(cfg.scorer)
     device, _, _, _ = ff.setup_device(cfg.device)
-    print(f"evaluating {list(CONDITIONS)} on {len(tox_items)} toxicity prompts and {len(squad_items)} SQuAD "
+    conds = conditions(filt["config"]["signals"])
+    print(f"evaluating {list(conds)} on {len(tox_items)} toxicity prompts and {len(squad_items)} SQuAD "
           f"questions | scorer {scorer_name}")
-    t_eval, conditions, wall = time.time(), {}, {}
-    for cond, sub in CONDITIONS.items():
+    t_eval, results_by_cond, wall = time.time(), {}, {}
+    for cond, sub in conds.items():
         t0 = time.time()
         model, tok = ff.load_model(filt["config"]["model"] if sub is None else str(run / sub), device)
         metrics, rows = evaluate(model, tok, tox_items, squad_items, scorer, cfg, cond)
         del model
-        conditions[cond] = dict(metrics, scorer=scorer_name)
+        results_by_cond[cond] = dict(metrics, scorer=scorer_name)
         write_jsonl(run / "eval" / f"{cond.strip('+')}.jsonl", rows)
         wall[cond] = round(time.time() - t0, 1)
         print(f"{cond:12s} {metrics} ({wall[cond]:.0f}s)")
-    write_json(run / "eval.json", dict(config=dataclasses.asdict(cfg), scorer=scorer_name, conditions=conditions,
-                                       wall_s=wall))
+    write_json(run / "eval.json", dict(config=dataclasses.asdict(cfg), scorer=scorer_name, conditions=results_by_cond,
+                                       wall_s=wall, peak_memory_gib=ff.peak_memory_gib()))
 
     # ---- the report ----
     f = {k: v for k, v in filt.items() if k not in ("config", "loss_curves", "timings_s", "train")}
@@ -253,11 +264,11 @@ def main():
     summary = dict(
         concept=data_info["config"]["concept"], model=filt["config"]["model"], scorer=scorer_name,
         seed=filt["config"]["seed"], hardware=filt["hardware"], device=filt["device"], precision=filt["precision"],
-        torch=filt["torch"], peak_memory_gib=filt["peak_memory_gib"],
+        torch=filt["torch"], peak_memory_gib=max(filt["peak_memory_gib"], ff.peak_memory_gib()),
         wall_s=dict(data=data_info["wall_s"], ff=filt["timings_s"], eval=eval_s, eval_by_condition=wall,
                     total=round(data_info["wall_s"] + sum(filt["timings_s"].values()) + eval_s, 1)),
         data=dict(config=data_info["config"], counts=data_info["counts"], noisy_kinds=data_info["noisy_kinds"]),
-        ff_config=filt["config"], training=filt["train"], conditions=conditions, filter=f)
+        ff_config=filt["config"], training=filt["train"], conditions=results_by_cond, filter=f)
     results.mkdir(parents=True, exist_ok=True)
     write_json(results / "summary.json", summary)
     tables = render_tables(summary)
@@ -266,7 +277,7 @@ def main():
     for name in ("forgetting.jsonl",):
         shutil.copyfile(run / name, results / f".{name}.tmp")
         os.replace(results / f".{name}.tmp", results / name)
-    write_jsonl(results / "eval_rows.jsonl", [dict(condition=c.strip("+"), **r) for c in CONDITIONS
+    write_jsonl(results / "eval_rows.jsonl", [dict(condition=c, **r) for c in conds
                                                for r in read_jsonl(run / "eval" / f"{c.strip('+')}.jsonl",
                                                                    required=("id",))])
     if cfg.readme:

