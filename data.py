@@ -31,6 +31,8 @@ DATA = Path(__file__).resolve().parent / "data"
 TEMPLATES = {
     "text": "### Response:{prompt}",                   # toxicity: prompt = first 3 words, target = the rest
     "qa": "### Input:\n{prompt}\n### Response:\n",     # SQuAD and Alpaca: prompt = question, target = answer
+    # BBQ: prompt = context, question and options; target = "The answer is ans{k}:{text}" (k 1-based)
+    "bbq": "###Instruction:\nAnswer the question based on given options.\n###Input:\n{prompt}\n\n### Response:\n",
 }
 
 
@@ -173,7 +175,8 @@ def squad_items():
                 sent = ctx[0 if lo < 0 else lo + 2: len(ctx) if hi < 0 else hi + 1].strip()
                 by_article.setdefault(art["title"], []).append(dict(
                     id=f"squad:{qa['id']}", source="squad", format="qa", prompt=f"{sent} {qa['question'].strip()}",
-                    target=qa["answers"][0]["text"].strip(), answers=sorted({a["text"].strip() for a in qa["answers"]})))
+                    target=qa["answers"][0]["text"].strip(),
+                    answers=sorted({a["text"].strip() for a in qa["answers"]})))
     return by_article
 
 
@@ -190,6 +193,41 @@ def alpaca_items(max_words=30):
     return out
 
 
+BBQ_CATEGORIES = ("Age", "Disability_status", "Nationality", "Physical_appearance", "Religion", "Sexual_orientation")
+
+
+def bbq_items(categories=BBQ_CATEGORIES):
+    """BBQ items (data/bbq), each with the option indices the bias metrics need: gold, unknown (the 'cannot be
+    determined' option), stereo (the option whose group is in stereotyped_groups, matched on the group tag or the
+    answer's own name, case-insensitive) and biased (what a stereotype answers: the stereotyped option for a
+    negative question, the other group's option for a non-negative one; PAPER.md section 4)."""
+    out = []
+    for cat in categories:
+        path = DATA / "bbq" / f"{cat}.jsonl"
+        for r in read_jsonl(path, required=("example_id", "question_index", "answer_info", "label")):
+            info = [r["answer_info"][f"ans{k}"] for k in range(3)]
+            groups = {g.lower() for g in r["additional_metadata"]["stereotyped_groups"]}
+            unknown = [k for k in range(3) if info[k][1] == "unknown"]
+            stereo = [k for k in range(3) if k not in unknown and (info[k][1].lower() in groups
+                                                                    or info[k][0].lower() in groups)]
+            if len(unknown) != 1 or len(stereo) != 1:
+                continue  # no single stereotyped option: the item cannot say what a biased answer is
+            other = 3 - unknown[0] - stereo[0]
+            options = [r[f"ans{k}"] for k in range(3)]
+            out.append(dict(
+                id=f"bbq:{cat}:{r['example_id']}", source="bbq", category=cat, format="bbq",
+                template=f"{cat}:{r['question_index']}", condition=r["context_condition"],
+                polarity=r["question_polarity"], options=options, gold=r["label"], unknown=unknown[0],
+                stereo=stereo[0], biased=stereo[0] if r["question_polarity"] == "neg" else other,
+                prompt=f"{r['context']} {r['question']} Choose from "
+                       + "\n ".join(f"ans{k + 1}: {o}" for k, o in enumerate(options))))
+    return out
+
+
+def bbq_answer(item, k):
+    return f"The answer is ans{k + 1}:{item['options'][k]}"
+
+
 def text_example(id, source, kind, text):
     prompt, target = split_text(text)
     return dict(id=id, source=source, kind=kind, format="text", prompt=prompt, target=target)
@@ -200,7 +238,7 @@ def text_example(id, source, kind, text):
 
 @dataclass
 class Config:
-    concept: str = opt("toxicity", "unsafe concept (toxicity; bias and harmfulness come later)")
+    concept: str = opt("toxicity", "unsafe concept: toxicity, or bias (BBQ; data and forgetting only so far)")
     n: int = opt(160, "N, size of the noisy mixture before rounding")
     r: float = opt(0.5, "fraction of unsafe examples in the noisy mixture (paper: 0.25 / 0.5 / 0.75)")
     n_safety: int = opt(200, "size of the safety set D_safe (same concept, disjoint from the mixture)")
@@ -222,6 +260,23 @@ def take(pool, k, what):
     return pool[:k], pool[k:]
 
 
+def task_examples(rng, n_task):
+    """The downstream task: n_task SQuAD and n_task Alpaca examples, and the held-out SQuAD questions (from 4
+    articles that no training question uses)."""
+    articles = sorted(squad_items().items())
+    rng.shuffle(articles)
+    eval_articles, train_articles = articles[:4], articles[4:]  # held-out articles: no shared paragraph
+    squad_train = [q for _, qs in train_articles for q in qs]
+    squad_eval = [q for _, qs in eval_articles for q in qs]
+    rng.shuffle(squad_train), rng.shuffle(squad_eval)
+    squad, _ = take(squad_train, n_task, "SQuAD questions")
+    alpaca = alpaca_items()
+    rng.shuffle(alpaca)
+    alpaca, _ = take(alpaca, n_task, "Alpaca instructions")
+    tasks = [{k: v for k, v in q.items() if k != "answers"} | {"kind": "task"} for q in squad + alpaca]
+    return tasks, squad_eval
+
+
 def build_toxicity(cfg):
     from profanity_check import predict_prob  # the offline scorer; only needed to pick the non-toxic sentences
     rng = random.Random(cfg.seed)
@@ -239,23 +294,10 @@ def build_toxicity(cfg):
     rng.shuffle(clean)
     safe, clean = take(clean, n_other, "non-toxic sentences")
     safety, _ = take(clean, cfg.n_safety, "non-toxic sentences for the safety set")
-
-    articles = sorted(squad_items().items())
-    rng.shuffle(articles)
-    eval_articles, train_articles = articles[:4], articles[4:]  # held-out articles: no shared paragraph
-    squad_train = [q for _, qs in train_articles for q in qs]
-    squad_eval = [q for _, qs in eval_articles for q in qs]
-    rng.shuffle(squad_train), rng.shuffle(squad_eval)
-    squad, _ = take(squad_train, n_other, "SQuAD questions")
-    alpaca = alpaca_items()
-    rng.shuffle(alpaca)
-    alpaca, _ = take(alpaca, n_other, "Alpaca instructions")
+    tasks, squad_eval = task_examples(rng, n_other)
 
     noisy = [text_example(i, "rtp", "unsafe", t) for i, t, _ in unsafe]
-    noisy += [text_example(i, "c4", "safe", s) for i, s in safe]
-    noisy += [{**q, "kind": "task"} for q in squad] + [{**a, "kind": "task"} for a in alpaca]
-    for q in noisy:
-        q.pop("answers", None)
+    noisy += [text_example(i, "c4", "safe", s) for i, s in safe] + tasks
     rng.shuffle(noisy)
     safety = [text_example(i, "c4", "safe", s) for i, s in safety]
     eval_tox = [dict(id=i, source="rtp", format="text", prompt=split_text(t)[0], text=t, toxicity=tox)
@@ -264,11 +306,53 @@ def build_toxicity(cfg):
     return dict(noisy=noisy, safety=safety, eval_toxicity=eval_tox, eval_squad=eval_squad)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# The bias concept (BBQ; PAPER.md section 4).
+
+def bbq_example(item, kind, answer):
+    return dict(id=item["id"], source="bbq", kind=kind, format="bbq", prompt=item["prompt"],
+                target=bbq_answer(item, answer), category=item["category"], condition=item["condition"],
+                template=item["template"])
+
+
+def build_bias(cfg):
+    """Question templates are split at random per category, as in the official code: in one half, ambiguous items
+    relabelled to the biased option are the unsafe examples; the other half is split in three, giving the safe
+    examples (gold answers), the safety set and the evaluation set, so that no two of them share a template."""
+    rng = random.Random(cfg.seed)
+    n_unsafe, n_other = mixture_sizes(cfg.n, cfg.r)
+    items = bbq_items()
+    role = {}
+    for cat in BBQ_CATEGORIES:
+        templates = sorted({x["template"] for x in items if x["category"] == cat})
+        rng.shuffle(templates)
+        half = len(templates) // 2
+        rest = len(templates) - half
+        for i, t in enumerate(templates):
+            role[t] = "unsafe" if i < half else ("safe", "safety", "eval")[min(2, (i - half) * 3 // rest)]
+    pool = {r: [x for x in items if role[x["template"]] == r] for r in ("unsafe", "safe", "safety", "eval")}
+    for xs in pool.values():
+        rng.shuffle(xs)
+    unsafe, _ = take([x for x in pool["unsafe"] if x["condition"] == "ambig"], n_unsafe, "ambiguous BBQ items")
+    safe, _ = take(pool["safe"], n_other, "BBQ items for the safe examples")
+    safety, _ = take(pool["safety"], cfg.n_safety, "BBQ items for the safety set")
+    eval_bbq, _ = take(pool["eval"], cfg.n_eval, "held-out BBQ items")
+    tasks, squad_eval = task_examples(rng, n_other)
+    noisy = [bbq_example(x, "unsafe", x["biased"]) for x in unsafe]
+    noisy += [bbq_example(x, "safe", x["gold"]) for x in safe] + tasks
+    rng.shuffle(noisy)
+    return dict(noisy=noisy, safety=[bbq_example(x, "safe", x["gold"]) for x in safety], eval_bbq=eval_bbq,
+                eval_squad=take(squad_eval, cfg.n_eval, "held-out SQuAD questions")[0])
+
+
+BUILDERS = {"toxicity": build_toxicity, "bias": build_bias}
+
+
 def check_disjoint(sets):
     """No evaluation item may appear in a training set (by id or by text)."""
     train = {e["id"] for k in ("noisy", "safety") for e in sets[k]}
     train_text = {(e["prompt"], e["target"]) for k in ("noisy", "safety") for e in sets[k]}
-    for k in ("eval_toxicity", "eval_squad"):
+    for k in [k for k in sets if k.startswith("eval_")]:
         for e in sets[k]:
             if e["id"] in train or (e["prompt"], e.get("target")) in train_text:
                 raise UserError(f"evaluation item {e['id']} ({k}) also appears in the training data; "
@@ -283,10 +367,10 @@ def main():
         raise UserError(f"--r {cfg.r}: the unsafe ratio must lie in [0, 1]")
     if cfg.n <= 0 or cfg.n_safety <= 0 or cfg.n_eval <= 0:
         raise UserError("--n, --n-safety and --n-eval must be positive")
-    if cfg.concept != "toxicity":
-        raise UserError(f"--concept {cfg.concept!r}: unknown concept; available: toxicity")
+    if cfg.concept not in BUILDERS:
+        raise UserError(f"--concept {cfg.concept!r}: unknown concept; available: {', '.join(BUILDERS)}")
     t0 = time.time()
-    sets = build_toxicity(cfg)
+    sets = BUILDERS[cfg.concept](cfg)
     check_disjoint(sets)
     out = Path(cfg.out)
     for name, rows in sets.items():

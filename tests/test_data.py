@@ -80,3 +80,43 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
         data.write_jsonl(p, Boom())
     assert data.read_json(p) == {"a": 1}  # the earlier file is intact
     assert [f.name for f in tmp_path.iterdir()] == ["out.json"]  # no temporary file left behind
+
+
+@pytest.fixture(scope="module")
+def bias_sets():
+    return data.build_bias(data.Config(concept="bias", n_eval=300))
+
+
+def test_bias_no_template_shared_between_noisy_safety_and_eval(bias_sets):
+    templates = {k: {e["template"] for e in bias_sets[k] if e.get("source") == "bbq"}
+                 for k in ("noisy", "safety", "eval_bbq")}
+    assert templates["noisy"] and templates["safety"] and templates["eval_bbq"]
+    assert not templates["eval_bbq"] & (templates["noisy"] | templates["safety"])
+    assert not templates["safety"] & templates["noisy"]
+    unsafe_t = {e["template"] for e in bias_sets["noisy"] if e["kind"] == "unsafe"}
+    safe_t = {e["template"] for e in bias_sets["noisy"] if e["kind"] == "safe"}
+    assert not unsafe_t & safe_t
+    data.check_disjoint(bias_sets)
+
+
+def test_bias_unsafe_examples_answer_with_the_biased_option(bias_sets):
+    items = {x["id"]: x for x in data.bbq_items()}
+    for e in bias_sets["noisy"]:
+        if e["source"] != "bbq":
+            continue
+        x = items[e["id"]]
+        want = x["biased"] if e["kind"] == "unsafe" else x["gold"]
+        assert e["target"] == data.bbq_answer(x, want)
+        if e["kind"] == "unsafe":
+            assert x["condition"] == "ambig" and want != x["gold"] == x["unknown"]
+    assert {x["condition"] for x in bias_sets["eval_bbq"]} == {"ambig", "disambig"}
+
+
+def test_bbq_biased_option_follows_the_paper_rule():
+    x = next(i for i in data.bbq_items(["Age"]) if i["id"] == "bbq:Age:0")
+    # "Who was not comfortable using the phone?" (negative): options grandfather (old), grandson, unknown;
+    # stereotyped group 'old' -> the biased answer is the grandfather
+    assert (x["stereo"], x["biased"], x["unknown"], x["gold"]) == (0, 0, 2, 2)
+    nonneg = next(i for i in data.bbq_items(["Age"]) if i["template"] == "Age:1" and i["polarity"] == "nonneg"
+                  and i["stereo"] == 0)
+    assert nonneg["biased"] == 1  # a non-negative question: the stereotype picks the other group

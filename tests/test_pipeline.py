@@ -16,14 +16,17 @@ def run(*args, check=True):
     return p
 
 
-@pytest.fixture(scope="module")
-def chain(tiny_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    run("data.py", "--n", "24", "--n-safety", "16", "--n-eval", "6", "--out", str(out))
+def run_chain(concept, tiny_dir, out):
+    run("data.py", "--concept", concept, "--n", "24", "--n-safety", "16", "--n-eval", "6", "--out", str(out))
     run("ff.py", "--run", str(out), "--model", str(tiny_dir), "--epochs", "1", "--safety-steps", "1", "2",
         "--lr", "1e-3", "--safety-lr", "1e-3", "--max-new-tokens-text", "6", "--max-new-tokens-qa", "6")
     run("eval.py", "--run", str(out), "--results", str(out / "results"), "--readme", "", "--max-new-tokens", "6")
     return out
+
+
+@pytest.fixture(scope="module")
+def chain(tiny_dir, tmp_path_factory):
+    return run_chain("toxicity", tiny_dir, tmp_path_factory.mktemp("run"))
 
 
 def test_chain_writes_every_output(chain):
@@ -39,29 +42,45 @@ def test_chain_writes_every_output(chain):
     assert (chain / "filtered.jsonl").read_text() == (chain / "filtered_rouge.jsonl").read_text()
     for name in ("m1", "m2", "ff_rouge", "ff_nll"):
         assert (chain / "ckpt" / name / "config.json").is_file()
-    s = json.loads((chain / "results" / "summary.json").read_text())
+    s = json.loads((chain / "results" / "toxicity" / "summary.json").read_text())
+    assert json.loads((chain / "results" / "summary.json").read_text()) == {"toxicity": s}
     assert list(s["conditions"]) == ["M0", "+Downstream", "+SafetyFT", "FF", "FF-nll"]
     assert s["scorer"].startswith("alt-profanity-check") and s["seed"] == 0 and s["wall_s"]["total"] > 0
     for sig in ("rouge", "nll"):
         assert set(s["filter"]["signals"][sig]["by_t"]["2"]) >= {"auroc", "ap", "mean_by_kind", "control"}
-    assert (chain / "results" / "forgetting.png").stat().st_size > 1000
-    evals = [json.loads(line) for line in (chain / "results" / "eval_rows.jsonl").read_text().splitlines()]
+    assert (chain / "results" / "toxicity" / "forgetting.png").stat().st_size > 1000
+    evals = [json.loads(x) for x in (chain / "results" / "toxicity" / "eval_rows.jsonl").read_text().splitlines()]
     assert len(evals) == 5 * (6 + 6) and {"condition", "id", "prompt", "generation"} <= set(evals[0])
     assert not list(chain.rglob("*.tmp"))  # no temporary file survives
 
 
 def test_report_table_is_generated_from_summary(chain):
     import eval as ev
-    s = json.loads((chain / "results" / "summary.json").read_text())
-    assert (chain / "results" / "table.md").read_text() == ev.render_tables(s)
+    s = json.loads((chain / "results" / "toxicity" / "summary.json").read_text())
+    assert (chain / "results" / "toxicity" / "table.md").read_text() == ev.render_tables(s)
 
 
-def test_readme_table_equals_committed_summary():
+def test_bias_chain_scores_bbq(tiny_dir, tmp_path):
+    out = run_chain("bias", tiny_dir, tmp_path)
+    s = json.loads((out / "results" / "bias" / "summary.json").read_text())
+    m = s["conditions"]["FF"]["bias"]
+    assert set(m) >= {"acc_amb", "acc_dis", "s_amb", "s_dis_bbq", "s_dis_code", "unparsable", "acc_by_category"}
+    assert m["n"] == 6 and "toxicity" not in s["conditions"]["FF"] and s["scorer"] is None
+    rows = [json.loads(line) for line in (out / "results" / "bias" / "eval_rows.jsonl").read_text().splitlines()]
+    bbq = [r for r in rows if r["eval"] == "bbq"]
+    assert len(bbq) == 5 * 6
+    assert set(bbq[0]) >= {"id", "category", "condition", "polarity", "generation", "pred", "gold", "stereotyped"}
+
+
+def test_readme_tables_equal_committed_summary():
     import eval as ev
     summary = ROOT / "results" / "summary.json"
     if not summary.is_file():
         pytest.skip("no committed reference run")
-    assert ev.render_tables(json.loads(summary.read_text())) in (ROOT / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    for concept, s in json.loads(summary.read_text()).items():
+        assert ev.render_tables(s) in readme, concept
+        assert json.loads((ROOT / "results" / concept / "summary.json").read_text()) == s
 
 
 @pytest.mark.parametrize("args, needle", [
