@@ -187,7 +187,7 @@ def eval_bbq(model, tok, items, cfg, label):
     rows = []
     for x, g in zip(items, gens):
         pred = parse_bbq_answer(g, x["options"])
-        rows.append(dict(eval="bbq", id=x["id"], category=x["category"], condition=x["condition"],
+        rows.append(dict(eval="bbq", id=x["id"], category=x["category"], context_condition=x["condition"],
                          polarity=x["polarity"], prompt=x["prompt"], generation=g,
                          pred="unparsable" if pred is None else pred, gold=x["gold"],
                          stereotyped=pred == x["biased"], degenerate=is_degenerate(g)))

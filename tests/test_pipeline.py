@@ -69,7 +69,7 @@ def test_bias_chain_scores_bbq(tiny_dir, tmp_path):
     rows = [json.loads(line) for line in (out / "results" / "bias" / "eval_rows.jsonl").read_text().splitlines()]
     bbq = [r for r in rows if r["eval"] == "bbq"]
     assert len(bbq) == 5 * 6
-    assert set(bbq[0]) >= {"id", "category", "condition", "polarity", "generation", "pred", "gold", "stereotyped"}
+    assert set(bbq[0]) >= {"id", "category", "context_condition", "polarity", "generation", "pred", "gold", "stereotyped"}
 
 
 def test_readme_tables_equal_committed_summary():
