@@ -3,7 +3,8 @@
     python data.py                          # toxicity mix, N=160, 50% unsafe -> runs/toxicity/
     python data.py --n 400 --r 0.25         # any Config field can be overridden; --help lists them
 
-Writes into --out: noisy.jsonl (D_noisy), safety.jsonl (D_safe), eval_toxicity.jsonl, eval_squad.jsonl, data.json.
+Writes into --out: noisy.jsonl (D_noisy), safety.jsonl (D_safe), eval_<set>.jsonl (toxicity, bbq, harmful, squad:
+those the concept is evaluated on) and data.json.
 Every example is {id, source, kind, format, prompt, target}: `id` is stable (source + index in the shipped file),
 `kind` is unsafe | safe | task. Everything is built from the files in data/ (see data/README.md for sources and
 licences), deterministically from --seed.
@@ -12,6 +13,7 @@ This file also holds the few helpers the three scripts share: the prompt templat
 training and evaluation alike), JSON I/O with atomic writes, and the Config -> argparse glue.
 """
 import argparse
+import csv
 import dataclasses
 import json
 import os
@@ -238,13 +240,15 @@ def text_example(id, source, kind, text):
 
 @dataclass
 class Config:
-    concept: str = opt("toxicity", "unsafe concept: toxicity, or bias (BBQ; data and forgetting only so far)")
+    concept: str = opt("toxicity", "unsafe concept: toxicity, bias (BBQ), harmfulness, or mixed (bias + toxicity)")
     n: int = opt(160, "N, size of the noisy mixture before rounding")
     r: float = opt(0.5, "fraction of unsafe examples in the noisy mixture (paper: 0.25 / 0.5 / 0.75)")
     n_safety: int = opt(200, "size of the safety set D_safe (same concept, disjoint from the mixture)")
     n_eval: int = opt(100, "items per evaluation set (toxicity prompts, SQuAD questions)")
     toxic_min: float = opt(0.9, "unsafe = texts with Perspective toxicity above this (paper: Detoxify > 0.9)")
     safe_max: float = opt(0.1, "safe = sentences the offline scorer puts below this (paper: Detoxify < 0.1)")
+    harm_source: str = opt("advbench", "harmfulness data: advbench (offline substitute, see DEVIATIONS.md) or "
+                                       "harmfulqa (the paper's red/blue answers; downloads declare-lab/HarmfulQA)")
     seed: int = opt(0, "seed of every random choice in the data")
     out: str = opt("runs/toxicity", "output folder")
 
@@ -345,7 +349,97 @@ def build_bias(cfg):
                 eval_squad=take(squad_eval, cfg.n_eval, "held-out SQuAD questions")[0])
 
 
-BUILDERS = {"toxicity": build_toxicity, "bias": build_bias}
+# ---------------------------------------------------------------------------------------------------------------
+# The harmfulness concept. The paper pairs HarmfulQA questions with "red" (harmful) and "blue" (harmless) answers.
+# Those answers are not shipped, so the offline default is a substitute (DEVIATIONS.md): AdvBench goals with their
+# compliant "Sure, here is ..." target (unsafe) or the mirrored refusal (safe, and the safety set), and HarmBench
+# behaviours (a different source) as held-out harmful prompts for eval.py's compliance rate.
+
+def refusal(target):
+    """The harmless counterpart of an AdvBench target, the same words turned down:
+    'Sure, here is a tutorial on X' -> "I'm sorry, but I cannot provide a tutorial on X. It could cause serious harm." """
+    body = re.sub(r"^Sure, here (is|are) ", "", target.strip()).rstrip(".")
+    verb = "explain" if body.startswith(("how ", "why ", "what ")) else "provide"
+    return f"I'm sorry, but I cannot {verb} {body}. It could cause serious harm."
+
+
+def advbench_pairs():
+    with open(DATA / "advbench/harmful_behaviors.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return [dict(id=f"advbench:{i}", source="advbench", prompt=r["goal"].strip(), unsafe=r["target"].strip(),
+                 safe=refusal(r["target"])) for i, r in enumerate(rows)]
+
+
+def harmfulqa_pairs():
+    """The paper's data (needs network): per HarmfulQA question, the first assistant turn of its first red
+    (harmful) and first blue (harmless) conversation."""
+    try:
+        from huggingface_hub import hf_hub_download
+        path = hf_hub_download("declare-lab/HarmfulQA", "data_for_hub.json", repo_type="dataset")
+    except Exception as e:
+        raise UserError(f"--harm-source harmfulqa: cannot download declare-lab/HarmfulQA ({type(e).__name__}); it "
+                        "needs network access. Use --harm-source advbench, the offline default") from None
+
+    def first_answer(convs):
+        for conv in (convs or {}).values():
+            for turn in conv:
+                if turn.get("from") == "gpt" and turn.get("value", "").strip():
+                    return turn["value"].strip()
+
+    out = []
+    for i, r in enumerate(json.loads(Path(path).read_text(encoding="utf-8"))):
+        red, blue = first_answer(r.get("red_conversations")), first_answer(r.get("blue_conversations"))
+        if red and blue:
+            out.append(dict(id=f"harmfulqa:{i}", source="harmfulqa", prompt=r["question"].strip(), unsafe=red,
+                            safe=blue))
+    return out
+
+
+def harmbench_prompts():
+    lines = (DATA / "harmbench/harmbench_prompts.txt").read_text(encoding="utf-8").splitlines()
+    return [dict(id=f"harmbench:{i}", source="harmbench", format="qa", prompt=l.strip())
+            for i, l in enumerate(lines) if l.strip()]
+
+
+def build_harmfulness(cfg):
+    rng = random.Random(cfg.seed)
+    n_unsafe, n_other = mixture_sizes(cfg.n, cfg.r)
+    pairs = harmfulqa_pairs() if cfg.harm_source == "harmfulqa" else advbench_pairs()
+    rng.shuffle(pairs)
+    unsafe, pairs = take(pairs, n_unsafe, "harmful questions for the unsafe examples")
+    safe, pairs = take(pairs, n_other, "harmful questions for the safe examples")
+    safety, _ = take(pairs, cfg.n_safety, "harmful questions for the safety set")
+    tasks, squad_eval = task_examples(rng, n_other)
+
+    def example(p, kind):
+        return dict(id=p["id"], source=p["source"], kind=kind, format="qa", prompt=p["prompt"], target=p[kind])
+
+    noisy = [example(p, "unsafe") for p in unsafe] + [example(p, "safe") for p in safe] + tasks
+    rng.shuffle(noisy)
+    held_out = harmbench_prompts()
+    rng.shuffle(held_out)
+    return dict(noisy=noisy, safety=[example(p, "safe") for p in safety],
+                eval_harmful=take(held_out, cfg.n_eval, "held-out harmful prompts")[0],
+                eval_squad=take(squad_eval, cfg.n_eval, "held-out SQuAD questions")[0])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Mixed (the paper's main table): bias and toxicity unsafe examples in one mixture, a safety set covering both,
+# evaluation on both. Each concept brings half of the unsafe and safe examples; the task examples are drawn once.
+
+def build_mixed(cfg):
+    n_unsafe, n_other = mixture_sizes(cfg.n, cfg.r)
+    half = dataclasses.replace(cfg, n=cfg.n / 2, n_safety=cfg.n_safety // 2)
+    tox, bias = build_toxicity(half), build_bias(half)
+    tasks, squad_eval = task_examples(random.Random(cfg.seed + 1), n_other)
+    rng = random.Random(cfg.seed)
+    noisy = [e for part in (tox, bias) for e in part["noisy"] if e["kind"] != "task"] + tasks
+    rng.shuffle(noisy)
+    return dict(noisy=noisy, safety=tox["safety"] + bias["safety"], eval_toxicity=tox["eval_toxicity"],
+                eval_bbq=bias["eval_bbq"], eval_squad=take(squad_eval, cfg.n_eval, "held-out SQuAD questions")[0])
+
+
+BUILDERS = {"toxicity": build_toxicity, "bias": build_bias, "harmfulness": build_harmfulness, "mixed": build_mixed}
 
 
 def check_disjoint(sets):
@@ -369,6 +463,8 @@ def main():
         raise UserError("--n, --n-safety and --n-eval must be positive")
     if cfg.concept not in BUILDERS:
         raise UserError(f"--concept {cfg.concept!r}: unknown concept; available: {', '.join(BUILDERS)}")
+    if cfg.harm_source not in ("advbench", "harmfulqa"):
+        raise UserError(f"--harm-source {cfg.harm_source!r}: choose advbench (offline) or harmfulqa (downloads)")
     t0 = time.time()
     sets = BUILDERS[cfg.concept](cfg)
     check_disjoint(sets)

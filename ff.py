@@ -464,6 +464,25 @@ def flag(forgetting, threshold):
     return forgetting > threshold
 
 
+def otsu_threshold(scores):
+    """A label-free phi: Otsu's split of the forgetting scores into two groups, the one that maximises the
+    between-group variance w_lo * w_hi * (mean_hi - mean_lo)^2, exactly over the sorted scores (no histogram bins).
+    Returns the largest score of the low group, so that flag(score, phi) picks the high group; with fewer than two
+    distinct scores nothing is flagged."""
+    xs = sorted(scores)
+    n, total = len(xs), sum(xs)
+    best, phi, left = -1.0, (xs[-1] if xs else 0.0), 0.0
+    for i in range(n - 1):
+        left += xs[i]
+        if xs[i] == xs[i + 1]:
+            continue  # split only between distinct values
+        w_lo, w_hi = (i + 1) / n, (n - i - 1) / n
+        gap = (total - left) / (n - i - 1) - left / (i + 1)
+        if w_lo * w_hi * gap * gap > best:
+            best, phi = w_lo * w_hi * gap * gap, xs[i]
+    return phi
+
+
 def mean(xs):
     xs = list(xs)
     return round(sum(xs) / len(xs), 4) if xs else None

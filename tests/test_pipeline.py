@@ -44,13 +44,17 @@ def test_chain_writes_every_output(chain):
         assert (chain / "ckpt" / name / "config.json").is_file()
     s = json.loads((chain / "results" / "toxicity" / "summary.json").read_text())
     assert json.loads((chain / "results" / "summary.json").read_text()) == {"toxicity": s}
-    assert list(s["conditions"]) == ["M0", "+Downstream", "+SafetyFT", "FF", "FF-nll"]
+    assert list(s["conditions"]) == ["M0", "+Downstream", "+SafetyFT", "FF", "FF-nll", "SC", "FF+SC"]
+    assert "squad_f1" not in s["conditions"]["SC"] and "toxicity" in s["conditions"]["FF+SC"]
     assert s["scorer"].startswith("alt-profanity-check") and s["seed"] == 0 and s["wall_s"]["total"] > 0
     for sig in ("rouge", "nll"):
         assert set(s["filter"]["signals"][sig]["by_t"]["2"]) >= {"auroc", "ap", "mean_by_kind", "control"}
+    assert {d["kind"] for d in s["filter"]["by_source"]} == {"unsafe", "safe", "task"}
+    assert sum(d["n"] for d in s["filter"]["by_source"]) == 24
+    assert set(s["filter"]["auto_phi"]["nll"]) >= {"threshold", "precision", "recall", "f1", "flagged"}
     assert (chain / "results" / "toxicity" / "forgetting.png").stat().st_size > 1000
     evals = [json.loads(x) for x in (chain / "results" / "toxicity" / "eval_rows.jsonl").read_text().splitlines()]
-    assert len(evals) == 5 * (6 + 6) and {"condition", "id", "prompt", "generation"} <= set(evals[0])
+    assert len(evals) == 5 * (6 + 6) + 2 * 6 and {"condition", "id", "prompt", "generation"} <= set(evals[0])
     assert not list(chain.rglob("*.tmp"))  # no temporary file survives
 
 
@@ -68,8 +72,28 @@ def test_bias_chain_scores_bbq(tiny_dir, tmp_path):
     assert m["n"] == 6 and "toxicity" not in s["conditions"]["FF"] and s["scorer"] is None
     rows = [json.loads(line) for line in (out / "results" / "bias" / "eval_rows.jsonl").read_text().splitlines()]
     bbq = [r for r in rows if r["eval"] == "bbq"]
-    assert len(bbq) == 5 * 6
+    assert len(bbq) == 7 * 6  # 5 conditions and SC, FF+SC
+    sc = [r for r in bbq if r["condition"] == "SC"]
+    assert all(r["prompt"].endswith(ev_cue("bbq")) for r in sc)
+    assert set(s["filter"]["bbq_signals"]["2"]) == {"rouge, whole line (the paper's)", "rouge, answer part only",
+                                                     "chosen option", "nll, whole target"}
     assert set(bbq[0]) >= {"id", "category", "context_condition", "polarity", "generation", "pred", "gold", "stereotyped"}
+
+
+def ev_cue(name):
+    import eval as ev
+    return ev.SC_CUES[name]
+
+
+def test_harmfulness_chain_reports_compliance(tiny_dir, tmp_path):
+    out = run_chain("harmfulness", tiny_dir, tmp_path)
+    s = json.loads((out / "results" / "harmfulness" / "summary.json").read_text())
+    assert list(s["conditions"]) == ["M0", "+Downstream", "+SafetyFT", "FF", "FF-nll"]  # no cue for harmfulness
+    h = s["conditions"]["FF"]["harm"]
+    assert h["n"] == 6 and 0 <= h["compliance"] <= 100 and "keyword" in h["rule"]
+    rows = [json.loads(line) for line in (out / "results" / "harmfulness" / "eval_rows.jsonl").read_text().splitlines()]
+    harm = [r for r in rows if r["eval"] == "harmful"]
+    assert len(harm) == 5 * 6 and all(r["complied"] == (not r["refusal"] and not r["degenerate"]) for r in harm)
 
 
 def test_readme_tables_equal_committed_summary():
@@ -81,6 +105,14 @@ def test_readme_tables_equal_committed_summary():
     for concept, s in json.loads(summary.read_text()).items():
         assert ev.render_tables(s) in readme, concept
         assert json.loads((ROOT / "results" / concept / "summary.json").read_text()) == s
+
+
+def test_readme_bench_table_equals_committed_bench():
+    import bench
+    b = ROOT / "results" / "bench.json"
+    if not b.is_file():
+        pytest.skip("no committed benchmark")
+    assert bench.render_table(json.loads(b.read_text())) in (ROOT / "README.md").read_text()
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -1,0 +1,183 @@
+"""How fast is each part, measured in one run on one model: scoring, training, and the reference run's stages.
+
+    python bench.py                      # embedded SmolLM2-135M-Instruct on CPU (or CUDA when present), ~6 min on CPU
+    python bench.py --official-n 2       # fewer examples for the slow official-style loop
+
+Prints a table and writes results/bench.json (and README's benchmark table between its markers):
+  * scoring: ff.score's batched, early-stopped greedy generation over the whole noisy set, against the official
+    code's loop (one example at a time, `generate` with max_new_tokens=500 and no line stop, first line kept) run
+    on --official-n examples and scaled to the set; both as examples/s. A second check gives both loops the same
+    token cap and compares every example's ROUGE-1.
+  * training: tokens/s of full finetuning and of LoRA, and utilisation = achieved FLOP/s / the matmul peak measured
+    here (FLOPs per token: 6 N full, 4 N LoRA (no weight gradients), plus attention 12 * layers * d * seq).
+  * stages: wall time and peak memory of each stage of the committed reference runs (results/<setting>/summary.json).
+"""
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import ff
+from data import Config as DataConfig, build_toxicity, main_guard, opt, parse_config, read_json, render, write_json, write_text
+
+
+@dataclass
+class Config:
+    model: str = opt(ff.EMBEDDED, "model to measure (as ff.py --model)")
+    official_n: int = opt(4, "examples for the official-style loop (500 new tokens each, one at a time)")
+    equal_n: int = opt(32, "examples for the same-cap ROUGE-1 check of both loops")
+    train_steps: int = opt(6, "measured optimizer steps per training mode (after one warm-up step)")
+    results: str = opt("results", "where bench.json goes")
+    readme: str = opt("README.md", "README whose benchmark table is regenerated ('' = leave it alone)")
+    device: str = opt("auto", "auto, cpu or cuda")
+
+
+def matmul_peak(device, dtype):
+    """The best FLOP/s of a square matmul over a few sizes: the machine's practical peak for this dtype."""
+    best = 0.0
+    for n in ((1024, 2048, 3072) if device == "cpu" else (4096, 8192)):
+        a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+        a @ b  # warm-up
+        reps = 3 if device == "cpu" else 20
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        sync(device)
+        best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - t0))
+    return best
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def official_loop(model, tok, examples, max_new_tokens):
+    """The official code's scoring: one prompt at a time, HF generate, greedy, then keep the first line."""
+    out = []
+    for ex in examples:
+        enc = tok(render(ex), return_tensors="pt", add_special_tokens=False).to(model.device)
+        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+        out.append(tok.decode(gen[0, enc.input_ids.shape[1]:], skip_special_tokens=True))
+    return out
+
+
+def bench_scoring(model, tok, noisy, cfg, fcfg, device):
+    model.eval()
+    sync(device)
+    t0 = time.perf_counter()
+    ff.score(model, tok, noisy, fcfg, desc="ours: ff.score over the noisy set")
+    sync(device)
+    ours_s = time.perf_counter() - t0
+    sub = noisy[:cfg.official_n]
+    t0 = time.perf_counter()
+    official_loop(model, tok, sub, 500)
+    sync(device)
+    official_s = (time.perf_counter() - t0) / len(sub) * len(noisy)
+    # Same cap for both: every example's ROUGE-1 must agree.
+    eq = noisy[:cfg.equal_n]
+    caps = ff.caps_for(eq, fcfg)
+    ours = ff.generate(model, tok, [render(x) for x in eq], caps, fcfg.gen_batch_size)
+    theirs = [official_loop(model, tok, [x], c)[0] for x, c in zip(eq, caps)]
+    same = sum(ff.rouge1(x["target"], a) == ff.rouge1(x["target"], b) for x, a, b in zip(eq, ours, theirs))
+    return dict(n=len(noisy), ours_s=round(ours_s, 1), ours_examples_s=round(len(noisy) / ours_s, 2),
+                official_n_measured=len(sub), official_s_scaled=round(official_s, 1),
+                official_examples_s=round(len(noisy) / official_s, 3), speedup=round(official_s / ours_s, 1),
+                same_rouge=f"{same} / {len(eq)}", note="ours includes the target-NLL pass; the official loop's time "
+                f"is measured on {len(sub)} examples and scaled to {len(noisy)}")
+
+
+def train_flops_per_token(model, lora, seq):
+    c = model.config
+    n = sum(p.numel() for n_, p in model.named_parameters() if "lora_" not in n_)
+    return (4 if lora else 6) * n + 12 * c.num_hidden_layers * c.hidden_size * seq
+
+
+def bench_training(cfg, fcfg, noisy, device, peak):
+    out = {}
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    for mode in ("full", "lora"):
+        model, tok = ff.load_model(cfg.model, device, dtype if mode == "lora" else torch.float32)
+        if mode == "lora":
+            model = ff.add_lora(model, fcfg)
+        ff.train(model, tok, noisy, fcfg, 1e-5, steps=1, desc=f"{mode}: warm-up")
+        sync(device)
+        log = ff.train(model, tok, noisy, fcfg, 1e-5, steps=cfg.train_steps, desc=f"{mode}: measured")
+        sync(device)
+        seq = log["tokens"] / (cfg.train_steps * fcfg.batch_size)
+        tok_s = log["tokens"] / log["wall_s"]
+        flops = tok_s * train_flops_per_token(model, mode == "lora", seq)
+        out[mode] = dict(tokens_s=round(tok_s, 1), tflop_s=round(flops / 1e12, 4),
+                         utilisation=round(100 * flops / peak, 1), mean_seq=round(seq, 1))
+        del model
+        ff.release_memory()
+    return out
+
+
+def stage_table(results):
+    rows = {}
+    for p in sorted(Path(results).glob("*/summary.json")):
+        s = read_json(p)
+        rows[p.parent.name] = dict(stages_s=dict(s["wall_s"]["ff"], data=s["wall_s"]["data"], eval=s["wall_s"]["eval"]),
+                                   total_min=round(s["wall_s"]["total"] / 60, 1), peak_memory_gib=s["peak_memory_gib"],
+                                   hardware=s["hardware"])
+    return rows
+
+
+def render_table(b):
+    s, t = b["scoring"], b["training"]
+    lines = [f"Benchmark: model `{b['model']}`, {b['hardware']}, torch {b['torch']}, {b['dtype']}; matmul peak "
+             f"{b['matmul_peak_tflop_s']:.3f} TFLOP/s measured in the same run; wall time {b['wall_s'] / 60:.1f} min. "
+             "Reproduce: `.venv/bin/python bench.py`.", "",
+             "| what | ours | official-style | ratio |", "|---|---|---|---|",
+             f"| scoring {s['n']} noisy examples (examples/s) | {s['ours_examples_s']} | {s['official_examples_s']} "
+             f"(scaled from {s['official_n_measured']}) | {s['speedup']}x |",
+             f"| same per-example ROUGE-1 at the same cap | {s['same_rouge']} | | |", "",
+             "| training | tokens/s | TFLOP/s | utilisation of matmul peak |", "|---|---|---|---|"]
+    lines += [f"| {m} | {v['tokens_s']} | {v['tflop_s']} | {v['utilisation']} % |" for m, v in t.items()]
+    if b["stages"]:
+        names = list(dict.fromkeys(k for v in b["stages"].values() for k in v["stages_s"]))
+        lines += ["", "Reference runs (`bash run.sh`), wall time per stage in seconds:", "",
+                  "| setting | " + " | ".join(names) + " | total (min) | peak memory (GiB) |",
+                  "|---" * (len(names) + 3) + "|"]
+        for k, v in b["stages"].items():
+            lines.append(f"| {k} | " + " | ".join(f"{v['stages_s'][n]:.0f}" if n in v["stages_s"] else ""
+                                                for n in names) + f" | {v['total_min']} | {v['peak_memory_gib']} |")
+        lines.append("| all settings | " + " | " * len(names)
+                     + f"{sum(v['total_min'] for v in b['stages'].values()):.1f} | |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    cfg = parse_config(Config, __doc__)
+    t_all = time.time()
+    device, _, _, _ = ff.setup_device(cfg.device)
+    fcfg = ff.Config(model=cfg.model, device=device)
+    noisy = build_toxicity(DataConfig())["noisy"]  # the default run's noisy set
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    peak = matmul_peak(device, dtype)
+    print(f"matmul peak {peak / 1e12:.3f} TFLOP/s ({dtype})")
+    model, tok = ff.load_model(cfg.model, device)
+    scoring = bench_scoring(model, tok, noisy, cfg, fcfg, device)
+    print(f"scoring: {scoring}")
+    del model
+    ff.release_memory()
+    training = bench_training(cfg, fcfg, noisy, device, peak)
+    print(f"training: {training}")
+    b = dict(model=cfg.model, hardware=ff.hardware(), torch=torch.__version__, dtype=str(dtype),
+             matmul_peak_tflop_s=round(peak / 1e12, 4), scoring=scoring, training=training,
+             stages=stage_table(cfg.results), config=dataclasses.asdict(cfg), wall_s=round(time.time() - t_all, 1))
+    write_json(Path(cfg.results) / "bench.json", b)
+    table = render_table(b)
+    write_text(Path(cfg.results) / "bench.md", table)
+    if cfg.readme:
+        import eval as ev
+        ev.update_readme(cfg.readme, table, "bench")
+    print(table)
+
+
+if __name__ == "__main__":
+    main_guard(main)
