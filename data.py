@@ -35,6 +35,7 @@ TEMPLATES = {
     "qa": "### Input:\n{prompt}\n### Response:\n",     # SQuAD and Alpaca: prompt = question, target = answer
     # BBQ: prompt = context, question and options; target = "The answer is ans{k}:{text}" (k 1-based)
     "bbq": "###Instruction:\nAnswer the question based on given options.\n###Input:\n{prompt}\n\n### Response:\n",
+    "raw": "{prompt}",                                 # your own data, already in the model's format
 }
 
 
@@ -60,12 +61,14 @@ def die(msg):
     sys.exit(2)
 
 
-def read_jsonl(path, required=("prompt", "target")):
+def read_jsonl(path, required=("prompt", "target"), keep_lines=False):
+    """One JSON object per line; blank lines are skipped. Every problem names the file and line. keep_lines: also
+    return each row's line exactly as read (the filtered set is written back byte for byte)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found (check the path, or run `python data.py` to build it)")
-    rows = []
-    with open(path, encoding="utf-8") as f:
+    rows, lines = [], []
+    with open(path, encoding="utf-8", newline="") as f:
         for i, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -78,10 +81,14 @@ def read_jsonl(path, required=("prompt", "target")):
             missing = [k for k in required if k not in row]
             if missing:
                 raise UserError(f"{path}:{i}: missing field {missing[0]!r}; every line needs {', '.join(required)}")
+            bad = [k for k in ("prompt", "target") if k in required and not isinstance(row[k], str)]
+            if bad:
+                raise UserError(f"{path}:{i}: field {bad[0]!r} must be a string, got {type(row[bad[0]]).__name__}")
             rows.append(row)
+            lines.append(line if line.endswith("\n") else line + "\n")
     if not rows:
         raise UserError(f"{path}: no examples in file; give at least one JSON line")
-    return rows
+    return (rows, lines) if keep_lines else rows
 
 
 def write_text(path, text):

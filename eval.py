@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ff
-from data import (UserError, main_guard, opt, parse_config, read_json, read_jsonl, render, write_json, write_jsonl,
-                  write_text)
+from data import (UserError, check_disjoint, main_guard, opt, parse_config, read_json, read_jsonl, render, write_json,
+                  write_jsonl, write_text)
 
 
 
@@ -495,11 +495,13 @@ def main():
             report(read_json(p), cfg)
         return
     run, results = Path(cfg.run), Path(cfg.results)
-    data_info, filt = read_json(run / "data.json"), read_json(run / "filter.json")
     sets = {name: read_jsonl(run / f"eval_{name}.jsonl", required=fields) for name, fields in EVAL_SETS.items()
             if (run / f"eval_{name}.jsonl").is_file()}
     if "squad" not in sets:
         raise UserError(f"{run}/eval_squad.jsonl: file not found (run `python data.py --out {run}` first)")
+    check_disjoint(dict(noisy=read_jsonl(run / "noisy.jsonl"), safety=read_jsonl(run / "safety.jsonl"),
+                        **{f"eval_{k}": v for k, v in sets.items()}))
+    data_info, filt = read_json(run / "data.json"), read_json(run / "filter.json")
     scorer_name, scorer = load_scorer(cfg.scorer) if "toxicity" in sets else (None, None)
     device, _, _, _ = ff.setup_device(cfg.device)
     conds = conditions(filt["config"]["signals"], cfg.self_correct and any(k in SC_CUES for k in sets))

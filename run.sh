@@ -45,7 +45,7 @@ for concept in "${SETTINGS[@]}"; do
   $PY data.py --concept "$concept" --out "$RUN" "${DATA_ARGS[@]}" "${CUT_DATA[@]}"
   # 2) Algorithm 1: M1 = M0 + D_noisy; safety finetuning t = 10/25/50 steps; forgetting per example; one filter
   #    per signal; FF = M0 + D_kept. Also the control (the same safety finetuning applied to M0) (CPU: 20-30 min)
-  $PY ff.py --run "$RUN" "${FF_ARGS[@]}" "${CUT_FF[@]}"
+  $PY ff.py --run "$RUN" --phi 0.1 --phi-nll 0.5 "${FF_ARGS[@]}" "${CUT_FF[@]}"
   # 3) safety metrics and SQuAD for M0, +Downstream, +SafetyFT, FF, SC, FF+SC; the report   (CPU: about 5 min)
   $PY eval.py --run "$RUN" "${EVAL_ARGS[@]}"
 done

@@ -1,5 +1,6 @@
 """The whole chain (data.py -> ff.py -> eval.py) on the tiny model, and the command-line errors."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(*args, check=True):
-    p = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    env = dict(os.environ, HF_HUB_OFFLINE="1")  # the tests never reach the network
+    p = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     if check and p.returncode != 0:
         raise AssertionError(f"{args} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     return p
@@ -115,23 +117,48 @@ def test_readme_bench_table_equals_committed_bench():
     assert bench.render_table(json.loads(b.read_text())) in (ROOT / "README.md").read_text()
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["data.py", "--r", "1.5"], "must lie in [0, 1]"),
-    (["data.py", "--concept", "sarcasm"], "unknown concept"),
-    (["data.py", "--n", "100000"], "only"),
-    (["ff.py", "--phi", "abc"], "invalid float value"),
-    (["ff.py", "--run", "/nonexistent/run"], "file not found"),
-    (["ff.py", "--model", "./no/such/model"], "no such folder"),
-    (["ff.py", "--signals", "vibes"], "choose rouge and/or nll"),
-    (["eval.py", "--run", "/nonexistent/run"], "file not found"),
+GOOD = '{"id": "x", "kind": "safe", "format": "qa", "prompt": "a", "target": "b"}\n'
+
+
+@pytest.mark.parametrize("args, needle, files", [
+    (["data.py", "--r", "1.5"], "must lie in [0, 1]", {}),
+    (["data.py", "--concept", "sarcasm"], "unknown concept", {}),
+    (["data.py", "--n", "100000"], "only", {}),
+    (["ff.py", "--run", "/nonexistent/run"], "file not found", {}),
+    (["ff.py", "--phi", "abc"], "not a number", {}),
+    (["ff.py", "--model", "./no/such/model"], "no such folder", {}),
+    (["ff.py", "--model", "no-such-org/no-such-model"], "cannot load it", {}),  # a hub id, offline
+    (["ff.py", "--signals", "vibes"], "choose rouge and/or nll", {}),
+    (["ff.py", "--noisy", "{tmp}/n.jsonl"], "no examples", {"n.jsonl": "\n"}),
+    (["ff.py", "--safe", "{tmp}/s.jsonl"], "no examples", {"s.jsonl": ""}),
+    (["ff.py", "--noisy", "{tmp}/n.jsonl"], "n.jsonl:2: malformed JSON", {"n.jsonl": GOOD + "{oops\n"}),
+    (["ff.py", "--noisy", "{tmp}/n.jsonl"], "missing field 'target'", {"n.jsonl": '{"prompt": "a"}\n'}),
+    (["ff.py", "--noisy", "{tmp}/n.jsonl"], "unknown label 'toxic'",
+     {"n.jsonl": '{"prompt": "a", "target": "b", "label": "toxic"}\n'}),
+    (["ff.py", "--run", "/proc/ff-cannot-write", "--noisy", "{tmp}/noisy.jsonl", "--safe", "{tmp}/safety.jsonl"],
+     "cannot write there", {}),
+    (["eval.py", "--run", "/nonexistent/run"], "file not found", {}),
+    (["eval.py", "--run", "{tmp}"], "also appears in the training data",
+     {"eval_squad.jsonl": '{"id": "x", "prompt": "a", "answers": ["b"]}\n'}),
 ])
-def test_bad_input_one_line_exit_2(args, needle, tmp_path):
+def test_bad_input_one_line_exit_2(args, needle, files, tmp_path):
+    """Each bad input: exit 2, one line naming the problem and the fix, no traceback, nothing written is touched."""
+    (tmp_path / "noisy.jsonl").write_text(GOOD)
+    (tmp_path / "safety.jsonl").write_text(GOOD)
+    (tmp_path / "filter.json").write_text('{"an earlier": "result"}\n')
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     if args[0] == "ff.py" and "--run" not in args:
-        args = args + ["--run", str(tmp_path)]
-        (tmp_path / "noisy.jsonl").write_text('{"id": "x", "kind": "safe", "format": "qa", "prompt": "a", '
-                                              '"target": "b"}\n')
-        (tmp_path / "safety.jsonl").write_text((tmp_path / "noisy.jsonl").read_text())
+        args += ["--run", str(tmp_path)]
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     p = run(*args, check=False)
     assert p.returncode == 2, p.stderr
     assert needle in p.stderr and "Traceback" not in p.stderr
     assert len([line for line in p.stderr.splitlines() if line.startswith(("error", "usage", "ff.py", "data.py"))]) <= 2
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing written, nothing damaged
+
+
+def test_no_remote_code_and_no_unpickling():
+    src = "".join((ROOT / f).read_text() for f in ("ff.py", "eval.py", "data.py", "bench.py"))
+    assert "trust_remote_code=True" not in src and "pickle" not in src and "torch.load(" not in src

@@ -1,0 +1,90 @@
+"""Your own data in, forgetting rows and the filtered set out; resumable stages; byte-identical reruns."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--epochs", "1", "--lr", "1e-3", "--safety-lr", "1e-3", "--max-new-tokens-text", "6",
+        "--max-new-tokens-qa", "6"]
+
+
+def ff(*args, wait=True):
+    """Run ff.py; its output goes to a file, so that a child we do not read from never blocks on a full pipe."""
+    log = open(Path(args[args.index("--run") + 1]).parent / f"ff-{time.time_ns()}.log", "w+")
+    p = subprocess.Popen([sys.executable, "ff.py", *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
+    p.log = log
+    if wait:
+        p.wait(timeout=600)
+        log.seek(0)
+        p.output = log.read()
+        assert p.returncode == 0, p.output[-3000:]
+    return p
+
+
+def byo(tiny_dir, out, *extra, noisy="examples/noisy.jsonl"):
+    return ff("--noisy", noisy, "--safe", "examples/safe.jsonl", "--run", str(out), "--model", str(tiny_dir),
+              "--no-control", "--no-retrain", "--safety-steps", "1", "2", *TINY, *extra)
+
+
+def test_own_data_gives_rows_and_the_kept_lines_verbatim(tiny_dir, tmp_path):
+    byo(tiny_dir, tmp_path)
+    lines = (ROOT / "examples/noisy.jsonl").read_text().splitlines(keepends=True)
+    rows = [json.loads(x) for x in (tmp_path / "forgetting.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == [json.loads(x)["id"] for x in lines]
+    kept = (tmp_path / "filtered.jsonl").read_text().splitlines(keepends=True)
+    assert kept == [x for x, r in zip(lines, rows) if not r["flagged"]["rouge"]]  # unchanged, in input order
+    f = json.loads((tmp_path / "filter.json").read_text())
+    assert set(f["thresholds"]) == {"rouge", "nll"} and "at_threshold" in f["signals"]["rouge"]  # labels: metrics
+    assert not (tmp_path / "ckpt" / "ff_rouge").exists()  # --no-retrain
+
+
+def test_without_labels_no_filter_metrics(tiny_dir, tmp_path):
+    unlabelled = tmp_path / "noisy.jsonl"
+    unlabelled.write_text("".join(json.dumps({k: v for k, v in json.loads(x).items() if k != "label"}) + "\n"
+                                  for x in (ROOT / "examples/noisy.jsonl").read_text().splitlines()))
+    byo(tiny_dir, tmp_path / "run", noisy=str(unlabelled))
+    f = json.loads((tmp_path / "run" / "filter.json").read_text())
+    assert "fit" not in f and "at_threshold" not in f["signals"]["rouge"] and "n_flagged" in f["signals"]["rouge"]
+
+
+def outputs(run):
+    return {name: (run / name).read_bytes() for name in ("forgetting.jsonl", "filtered_rouge.jsonl",
+                                                         "filtered_nll.jsonl")}
+
+
+def test_killed_run_resumes_to_the_same_outputs_and_reruns_are_identical(tiny_dir, tmp_path):
+    args = ["--safety-steps", "2", "150", "--phi", "0.05", "--phi-nll", "0.2"]
+    byo(tiny_dir, tmp_path / "a", *args)
+    byo(tiny_dir, tmp_path / "b", *args)
+    assert outputs(tmp_path / "a") == outputs(tmp_path / "b")  # determinism: byte-identical rows on CPU
+
+    run = tmp_path / "c"
+    p = byo(tiny_dir, run, *args, wait=False)
+    while not (run / "stages" / "m1.json").exists():  # M1 is done: kill inside the safety finetuning
+        assert p.poll() is None, "finished before it could be killed"
+        time.sleep(0.01)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert p.returncode == -signal.SIGKILL and not (run / "stages" / "m2.json").exists()
+    for f in run.rglob("*.json"):
+        json.loads(f.read_text())  # nothing half-written
+    p = byo(tiny_dir, run, *args)
+    assert "m1: done earlier with the same configuration, skipped" in p.output
+    assert outputs(run) == outputs(tmp_path / "a")
+    assert not list(run.rglob("*.tmp"))
+
+
+def test_changed_option_redoes_only_the_stages_that_depend_on_it(tiny_dir, tmp_path):
+    byo(tiny_dir, tmp_path, "--phi", "0.05")
+    m1 = (tmp_path / "stages" / "m1.json").stat().st_mtime_ns
+    m2 = (tmp_path / "stages" / "m2.json").stat().st_mtime_ns
+    byo(tiny_dir, tmp_path, "--phi", "0.2")  # the threshold only: M1 and M2 are reused
+    assert (tmp_path / "stages" / "m1.json").stat().st_mtime_ns == m1
+    assert (tmp_path / "stages" / "m2.json").stat().st_mtime_ns == m2
+    byo(tiny_dir, tmp_path, "--safety-lr", "5e-4")  # the safety finetuning changed: M2 is redone, M1 is not
+    assert (tmp_path / "stages" / "m1.json").stat().st_mtime_ns == m1
+    assert (tmp_path / "stages" / "m2.json").stat().st_mtime_ns != m2
