@@ -503,7 +503,7 @@ def mean(xs):
     return round(sum(xs) / len(xs), 4) if xs else None
 
 
-def forgetting_rows(noisy, s_m0, s_m1, s_t, s_ctrl, cfg, ts, filter_t):
+def forgetting_rows(noisy, s_m0, s_m1, s_t, s_ctrl, ts):
     """One row per noisy example. forget_rouge[t] = ROUGE(M1) - ROUGE(M2 after t steps) (the paper's score);
     forget_nll[t] = NLL(M2 after t) - NLL(M1) (loss-based, higher = more forgotten). The control replaces M1
     by M0 (which never saw D_noisy): what it 'forgets' is a plain domain shift, not forgetting."""
@@ -520,6 +520,13 @@ def forgetting_rows(noisy, s_m0, s_m1, s_t, s_ctrl, cfg, ts, filter_t):
             row["control_forget_rouge"] = {str(t): round(s_m0[i]["rouge"] - s_ctrl[t][i]["rouge"], 4) for t in ts}
             row["control_forget_nll"] = {str(t): round(s_ctrl[t][i]["nll"] - s_m0[i]["nll"], 4) for t in ts}
         rows.append(row)
+    return rows
+
+
+def flag_rows(rows, phis, signals, filter_t):
+    """row["flagged"][signal] = the filter's verdict at t = filter_t, for each signal that drives a filter."""
+    for r in rows:
+        r["flagged"] = {sig: flag(r[f"forget_{sig}"][str(filter_t)], phis[sig]) for sig in signals}
     return rows
 
 
@@ -762,11 +769,9 @@ def main():
 
     # Forgetting = s0 - s1; flag iff forgetting > phi; D_kept = the rest (one filter per signal).
     s_ctrl = {int(t): v for t, v in ctrl["s_ctrl"].items()}
-    rows = forgetting_rows(noisy, ctrl["s_m0"], m1["s_m1"], {int(t): v for t, v in m2["s_t"].items()}, s_ctrl,
-                           cfg, ts, filter_t)
+    rows = forgetting_rows(noisy, ctrl["s_m0"], m1["s_m1"], {int(t): v for t, v in m2["s_t"].items()}, s_ctrl, ts)
     phis = resolve_thresholds(cfg, rows, filter_t)
-    for r in rows:
-        r["flagged"] = {sig: flag(r[f"forget_{sig}"][str(filter_t)], phis[sig]) for sig in cfg.signals}
+    flag_rows(rows, phis, cfg.signals, filter_t)
     write_jsonl(run / "forgetting.jsonl", rows)
     metrics = filter_metrics(rows, phis, ts, filter_t) if labelled else dict(
         n=len(rows), filter_t=filter_t, ff_signals=cfg.signals,

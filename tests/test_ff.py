@@ -85,15 +85,15 @@ def test_lora_trains_adapters_only_and_merges_exactly(tokenizer):
 
 
 def test_filter_metrics_and_rows(tokenizer):
-    cfg = ff.Config(phi=0.1, phi_nll=0.5)
+    phis = dict(rouge=0.1, nll=0.5)
     s = lambda r, n: {e["id"]: dict(gen="", rouge=r, nll=n) for e in EXAMPLES}  # noqa: E731
     s_t = {10: {**s(0.5, 2.0), "a": dict(gen="", rouge=0.1, nll=3.0)}}
-    rows = ff.forgetting_rows(EXAMPLES, s(0.2, 1.0), s(0.6, 1.0), s_t, {}, cfg, [10], 10)
+    rows = ff.flag_rows(ff.forgetting_rows(EXAMPLES, s(0.2, 1.0), s(0.6, 1.0), s_t, {}, [10]), phis, ["rouge", "nll"], 10)
     by_id = {r["id"]: r for r in rows}
     assert by_id["a"]["forget_rouge"]["10"] == 0.5 and by_id["a"]["forget_nll"]["10"] == 2.0
     assert by_id["a"]["flagged"] == {"rouge": True, "nll": True}
     assert by_id["b"]["flagged"] == {"rouge": False, "nll": True}  # ROUGE 0.1 > 0.1 is false: the rule is strict
-    m = ff.filter_metrics(rows, cfg, [10], 10)
+    m = ff.filter_metrics(rows, phis, [10], 10)
     assert m["signals"]["rouge"]["at_threshold"]["flagged"] == {"unsafe": 1, "safe": 0, "task": 0}
     assert m["signals"]["rouge"]["at_threshold"]["precision"] == 100.0
     assert m["signals"]["rouge"]["at_threshold"]["recall"] == 50.0

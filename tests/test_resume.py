@@ -25,9 +25,9 @@ def ff(*args, wait=True):
     return p
 
 
-def byo(tiny_dir, out, *extra, noisy="examples/noisy.jsonl"):
+def byo(tiny_dir, out, *extra, noisy="examples/noisy.jsonl", wait=True):
     return ff("--noisy", noisy, "--safe", "examples/safe.jsonl", "--run", str(out), "--model", str(tiny_dir),
-              "--no-control", "--no-retrain", "--safety-steps", "1", "2", *TINY, *extra)
+              "--no-control", "--no-retrain", "--safety-steps", "1", "2", *TINY, *extra, wait=wait)
 
 
 def test_own_data_gives_rows_and_the_kept_lines_verbatim(tiny_dir, tmp_path):
@@ -57,7 +57,7 @@ def outputs(run):
 
 
 def test_killed_run_resumes_to_the_same_outputs_and_reruns_are_identical(tiny_dir, tmp_path):
-    args = ["--safety-steps", "2", "150", "--phi", "0.05", "--phi-nll", "0.2"]
+    args = ["--safety-steps", "2", "40", "--phi", "0.05", "--phi-nll", "0.2"]
     byo(tiny_dir, tmp_path / "a", *args)
     byo(tiny_dir, tmp_path / "b", *args)
     assert outputs(tmp_path / "a") == outputs(tmp_path / "b")  # determinism: byte-identical rows on CPU
