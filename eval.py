@@ -507,16 +507,26 @@ def main():
     conds = conditions(filt["config"]["signals"], cfg.self_correct and any(k in SC_CUES for k in sets))
     print(f"evaluating {list(conds)} on " + ", ".join(f"{len(v)} {k} items" for k, v in sets.items())
           + (f" | scorer {scorer_name}" if scorer_name else ""))
-    t_eval, results_by_cond, wall = time.time(), {}, {}
+    results_by_cond, wall = {}, {}
     for cond, (sub, sc) in conds.items():
-        t0 = time.time()
-        model, tok = ff.load_model(filt["config"]["model"] if sub is None else str(run / sub), device)
-        metrics, rows = evaluate(model, tok, sets, scorer, cfg, cond, self_correct=sc)
-        del model
+        # Resumable like ff.py: a condition already evaluated on the same checkpoint, sets and options is skipped.
+        key = dict(model=filt["config"]["model"] if sub is None else checkpoint_key(run, sub), self_correct=sc,
+                   sets=ff.digest(sets), scorer=scorer_name, gen_batch_size=cfg.gen_batch_size,
+                   max_new_tokens=cfg.max_new_tokens, device=device)
+        done, rows_path = run / "eval" / f"{cond.strip('+')}.json", run / "eval" / f"{cond.strip('+')}.jsonl"
+        if done.is_file() and rows_path.is_file() and read_json(done)["key"] == key:
+            metrics, wall[cond] = read_json(done)["metrics"], read_json(done)["wall_s"]
+            print(f"{cond:12s} evaluated earlier with the same checkpoint and options, skipped")
+        else:
+            t0 = time.time()
+            model, tok = ff.load_model(filt["config"]["model"] if sub is None else str(run / sub), device)
+            metrics, rows = evaluate(model, tok, sets, scorer, cfg, cond, self_correct=sc)
+            del model
+            wall[cond] = round(time.time() - t0, 1)
+            write_jsonl(rows_path, rows)
+            write_json(done, dict(key=key, metrics=metrics, wall_s=wall[cond]))
+            print(f"{cond:12s} {metrics} ({wall[cond]:.0f}s)")
         results_by_cond[cond] = dict(metrics, scorer=scorer_name)
-        write_jsonl(run / "eval" / f"{cond.strip('+')}.jsonl", rows)
-        wall[cond] = round(time.time() - t0, 1)
-        print(f"{cond:12s} {metrics} ({wall[cond]:.0f}s)")
     write_json(run / "eval.json", dict(config=dataclasses.asdict(cfg), scorer=scorer_name, conditions=results_by_cond,
                                        wall_s=wall, peak_memory_gib=ff.peak_memory_gib()))
 
@@ -527,7 +537,7 @@ def main():
     f["auto_phi"] = auto_phi(rows, filt["filter_t"], list(filt["kinds"]))
     if bbq_signals(rows):
         f["bbq_signals"] = bbq_signals(rows)
-    eval_s = round(time.time() - t_eval, 1)
+    eval_s = round(sum(wall.values()), 1)  # as first computed, also for conditions this run skipped
     summary = dict(
         concept=data_info["config"]["concept"], model=filt["config"]["model"], scorer=scorer_name,
         seed=filt["config"]["seed"], hardware=filt["hardware"], device=filt["device"], precision=filt["precision"],
@@ -544,6 +554,16 @@ def main():
                                           for r in read_jsonl(run / "eval" / f"{c.strip('+')}.jsonl",
                                                               required=("id",))])
     report(summary, cfg)
+
+
+def checkpoint_key(run, sub):
+    """What identifies a checkpoint: the configuration key of the ff.py stage that wrote it (stages/<name>.json),
+    or, for a run without one, the weights file's size and modification time."""
+    stage = run / "stages" / f"{Path(sub).name}.json"
+    if stage.is_file():
+        return ff.digest(read_json(stage)["key"])
+    w = run / sub / "model.safetensors"
+    return f"{w.stat().st_size}:{w.stat().st_mtime_ns}" if w.is_file() else None
 
 
 def report(summary, cfg):

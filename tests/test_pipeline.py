@@ -58,6 +58,11 @@ def test_chain_writes_every_output(chain):
     evals = [json.loads(x) for x in (chain / "results" / "toxicity" / "eval_rows.jsonl").read_text().splitlines()]
     assert len(evals) == 5 * (6 + 6) + 2 * 6 and {"condition", "id", "prompt", "generation"} <= set(evals[0])
     assert not list(chain.rglob("*.tmp"))  # no temporary file survives
+    again = run("eval.py", "--run", str(chain), "--results", str(chain / "results2"), "--readme", "",
+                "--max-new-tokens", "6")  # every condition was evaluated already: all skipped, same numbers
+    assert again.stdout.count("skipped") == 7
+    s2 = json.loads((chain / "results2" / "toxicity" / "summary.json").read_text())
+    assert s2["conditions"] == s["conditions"] and s2["wall_s"]["eval"] == s["wall_s"]["eval"]
 
 
 def test_report_table_is_generated_from_summary(chain):
