@@ -824,9 +824,9 @@ def report_fit(metrics, filter_t):
                                                         for k, v in fit.items()))
     for sig in ("rouge", "nll"):
         d = metrics["signals"][sig]["by_t"][str(filter_t)]
-        c = d.get("control", {})
-        print(f"{sig:5s} forgetting at t={filter_t}: AUROC {d['auroc']:.3f} AP {d['ap']:.3f} | control AUROC "
-              f"{c.get('auroc', float('nan')):.3f} | mean by kind {d['mean_by_kind']}")
+        ctrl = f" | control AUROC {d['control']['auroc']:.3f}" if "control" in d else ""
+        print(f"{sig:5s} forgetting at t={filter_t}: AUROC {d['auroc']:.3f} AP {d['ap']:.3f}{ctrl} | "
+              f"mean by kind {d['mean_by_kind']}")
 
 
 if __name__ == "__main__":
