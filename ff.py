@@ -36,7 +36,7 @@ import os
 import platform
 import random
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -563,16 +563,6 @@ def filter_metrics(rows, phis, ts, filter_t):
     return out
 
 
-@contextmanager
-def stage(name, timings):
-    t0 = time.time()
-    print(f"== {name}")
-    yield
-    release_memory()
-    timings[name] = round(time.time() - t0, 1)
-    print(f"== {name}: {timings[name]:.0f}s, peak memory so far {peak_memory_gib()} GiB")
-
-
 def release_memory():
     """Give freed heap pages back to the OS: glibc keeps them otherwise, and the resident size creeps up stage after
     stage as tensors of ever different shapes come and go."""
@@ -670,16 +660,22 @@ def digest(obj):
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
-def cached(run, name, key, compute, needs=()):
-    """A resumable stage: if run/stages/<name>.json was written by the same configuration (key) and the files it
-    vouches for exist, return its value; else compute, then write it (atomically, after those files)."""
+def stage(run, name, title, key, compute, needs=()):
+    """One resumable stage of Algorithm 1. If run/stages/<name>.json was written with the same configuration (key)
+    and the files it vouches for (needs) exist, return its value; else run compute(), print its wall time and peak
+    memory, and write the value with the key (atomically, after those files)."""
     path = run / "stages" / f"{name}.json"
     if path.is_file() and all((run / n).exists() for n in needs):
         saved = json.loads(path.read_text(encoding="utf-8"))
         if saved.get("key") == key:
-            print(f"== {name}: done earlier with the same configuration, skipped ({path})")
+            print(f"== {title}: done earlier with the same configuration, skipped ({path})")
             return saved["value"]
+    print(f"== {title}")
+    t0 = time.time()
     value = compute()
+    release_memory()
+    value["wall_s"] = round(time.time() - t0, 1)  # kept, so a run that skips the stage still reports its cost
+    print(f"== {title}: {value['wall_s']:.0f}s, peak memory so far {peak_memory_gib()} GiB")
     write_json(path, dict(key=key, value=value))
     return value
 
@@ -711,7 +707,6 @@ def main():
     print(f"device {device}, {note} | {len(noisy)} noisy, {len(safety)} safety examples | model {cfg.model}"
           f"{' + LoRA' if cfg.lora else ''} | t = {ts}, filter at t = {filter_t}: rouge > {cfg.phi}, "
           f"nll > {cfg.phi_nll}" + ("" if labelled else " | no labels: no filter metrics"))
-    timings = {}
 
     # What each stage depends on: change any of it and that stage (and what follows) is redone.
     train_fields = ("model", "lora", "lora_r", "lora_alpha", "lora_dropout", "batch_size", "micro_batch_size",
@@ -731,13 +726,6 @@ def main():
         return lambda step: step in ts and store.__setitem__(str(step), score(model, tok, noisy, cfg,
                                                                              f"{label} t={step}"))
 
-    def timed(name, fn):  # run a stage under stage(); keep its wall time (also when a later run skips it)
-        def compute():
-            with stage(name, timings):
-                value = fn()
-            return dict(value, wall_s=timings[name])
-        return compute
-
     # Control: the same safety finetuning applied to M0, which never saw D_noisy.
     def control():
         model, tok = m0()
@@ -746,8 +734,7 @@ def main():
             train(model, tok, safety, cfg, cfg.safety_lr, steps=ts[-1], desc="control: M0 + D_safe",
                   on_step=scores_at(s_ctrl, model, tok, "control"))
         return dict(s_m0=s_m0, s_ctrl=s_ctrl)
-    ctrl = cached(run, "control", dict(base, **safety_key, control=cfg.control),
-                  timed("M0 scores and control", control))
+    ctrl = stage(run, "control", "M0 scores and control", dict(base, **safety_key, control=cfg.control), control)
 
     # M1 = finetune(M0, D_noisy); s0 = scores of M1
     def learn():
@@ -755,7 +742,7 @@ def main():
         log = train(model, tok, noisy, cfg, cfg.lr, epochs=cfg.epochs, desc="M1 <- M0 + D_noisy")
         save_checkpoint(model, tok, run / "ckpt/m1")
         return dict(s_m1=score(model, tok, noisy, cfg, "score M1"), log=log)
-    m1 = cached(run, "m1", key_m1, timed("M1: learn D_noisy", learn), needs=["ckpt/m1"])
+    m1 = stage(run, "m1", "M1: learn D_noisy", key_m1, learn, needs=["ckpt/m1"])
 
     # M2 = finetune(M1, D_safe) for t steps; s1 = scores after each t. M2 at the last t is the +SafetyFT model.
     def forget():
@@ -765,7 +752,7 @@ def main():
                     on_step=scores_at(s_t, model, tok, "M2"))
         save_checkpoint(model, tok, run / "ckpt/m2")
         return dict(s_t=s_t, log=log)
-    m2 = cached(run, "m2", key_m2, timed("M2: safety finetuning", forget), needs=["ckpt/m2"])
+    m2 = stage(run, "m2", "M2: safety finetuning", key_m2, forget, needs=["ckpt/m2"])
 
     # Forgetting = s0 - s1; flag iff forgetting > phi; D_kept = the rest (one filter per signal).
     s_ctrl = {int(t): v for t, v in ctrl["s_ctrl"].items()}
@@ -795,8 +782,8 @@ def main():
                         desc=f"FF ({sig}) <- M0 + D_kept")
             save_checkpoint(model, tok, run / f"ckpt/ff_{sig}")
             return dict(log=log)
-        ff_runs[sig] = cached(run, f"ff_{sig}", dict(key_m2, kept=digest(kept[sig])),
-                              timed(f"FF ({sig}): M0 + D_kept", retrain), needs=[f"ckpt/ff_{sig}"])
+        ff_runs[sig] = stage(run, f"ff_{sig}", f"FF ({sig}): M0 + D_kept", dict(key_m2, kept=digest(kept[sig])),
+                             retrain, needs=[f"ckpt/ff_{sig}"])
 
     # ---- bookkeeping below: the summary that eval.py and the README read ----
     stages = {"M0 scores and control": ctrl, "M1: learn D_noisy": m1, "M2: safety finetuning": m2} | {

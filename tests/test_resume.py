@@ -73,7 +73,7 @@ def test_killed_run_resumes_to_the_same_outputs_and_reruns_are_identical(tiny_di
     for f in run.rglob("*.json"):
         json.loads(f.read_text())  # nothing half-written
     p = byo(tiny_dir, run, *args)
-    assert "m1: done earlier with the same configuration, skipped" in p.output
+    assert "M1: learn D_noisy: done earlier with the same configuration, skipped" in p.output
     assert outputs(run) == outputs(tmp_path / "a")
     assert not list(run.rglob("*.tmp"))
 
