@@ -1,4 +1,5 @@
 """The whole chain (data.py -> ff.py -> eval.py) on the tiny model, and the command-line errors."""
+import importlib
 import json
 import os
 import subprocess
@@ -146,8 +147,9 @@ GOOD = '{"id": "x", "kind": "safe", "format": "qa", "prompt": "a", "target": "b"
     (["eval.py", "--run", "{tmp}"], "also appears in the training data",
      {"eval_squad.jsonl": '{"id": "x", "prompt": "a", "answers": ["b"]}\n'}),
 ])
-def test_bad_input_one_line_exit_2(args, needle, files, tmp_path):
-    """Each bad input: exit 2, one line naming the problem and the fix, no traceback, nothing written is touched."""
+def test_bad_input_one_line_exit_2(args, needle, files, tmp_path, monkeypatch, capsys):
+    """Each bad input: exit 2, one line naming the problem and the fix, no traceback, nothing written is touched.
+    In-process (the scripts' own main_guard), except the hub-id case, which needs HF_HUB_OFFLINE set before import."""
     (tmp_path / "noisy.jsonl").write_text(GOOD)
     (tmp_path / "safety.jsonl").write_text(GOOD)
     (tmp_path / "filter.json").write_text('{"an earlier": "result"}\n')
@@ -157,10 +159,18 @@ def test_bad_input_one_line_exit_2(args, needle, files, tmp_path):
     if args[0] == "ff.py" and "--run" not in args:
         args += ["--run", str(tmp_path)]
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    p = run(*args, check=False)
-    assert p.returncode == 2, p.stderr
-    assert needle in p.stderr and "Traceback" not in p.stderr
-    assert len([line for line in p.stderr.splitlines() if line.startswith(("error", "usage", "ff.py", "data.py"))]) <= 2
+    if "no-such-org/no-such-model" in args:
+        p = run(*args, check=False)
+        code, stderr = p.returncode, p.stderr
+    else:
+        mod = importlib.import_module(args[0].removesuffix(".py"))
+        monkeypatch.setattr(sys, "argv", args)
+        with pytest.raises(SystemExit) as e:
+            mod.main_guard(mod.main)
+        code, stderr = e.value.code, capsys.readouterr().err
+    assert code == 2, stderr
+    assert needle in stderr and "Traceback" not in stderr
+    assert len([line for line in stderr.splitlines() if line.startswith(("error", "usage", "ff.py", "data.py"))]) <= 2
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing written, nothing damaged
 
 
