@@ -514,8 +514,9 @@ def main():
                    sets=ff.digest(sets), scorer=scorer_name, gen_batch_size=cfg.gen_batch_size,
                    max_new_tokens=cfg.max_new_tokens, device=device)
         done, rows_path = run / "eval" / f"{cond.strip('+')}.json", run / "eval" / f"{cond.strip('+')}.jsonl"
-        if done.is_file() and rows_path.is_file() and read_json(done)["key"] == key:
-            metrics, wall[cond] = read_json(done)["metrics"], read_json(done)["wall_s"]
+        saved = read_json(done) if done.is_file() and rows_path.is_file() else {}
+        if saved.get("key") == key:
+            metrics, wall[cond] = saved["metrics"], saved["wall_s"]
             print(f"{cond:12s} evaluated earlier with the same checkpoint and options, skipped")
         else:
             t0 = time.time()
@@ -535,8 +536,9 @@ def main():
     rows = read_jsonl(run / "forgetting.jsonl", required=("id", "source", "kind", "flagged"))
     f["by_source"] = by_source(rows, filt["filter_t"], filt["config"]["signals"])
     f["auto_phi"] = auto_phi(rows, filt["filter_t"], list(filt["kinds"]))
-    if bbq_signals(rows):
-        f["bbq_signals"] = bbq_signals(rows)
+    variants = bbq_signals(rows)
+    if variants:
+        f["bbq_signals"] = variants
     eval_s = round(sum(wall.values()), 1)  # as first computed, also for conditions this run skipped
     summary = dict(
         concept=data_info["config"]["concept"], model=filt["config"]["model"], scorer=scorer_name,
