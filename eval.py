@@ -458,9 +458,9 @@ def plot_forgetting(s, path):
         for k in s["filter"]["kinds"]:
             ax.plot(ts, [0] + [v["mean_by_kind"][k] for v in d["by_t"].values()], "o-", color=colors.get(k),
                     label=k)
-            if all("control" in v for v in d["by_t"].values()):
-                ax.plot(ts, [0] + [v["control"]["mean_by_kind"][k] for v in d["by_t"].values()], "--",
-                        color=colors.get(k), alpha=0.5, label=f"{k} (control: M0)")
+            ct = [t for t, v in d["by_t"].items() if "control" in v]  # the control: M0 scored at the filter's t
+            ax.plot([0] + [int(t) for t in ct], [0] + [d["by_t"][t]["control"]["mean_by_kind"][k] for t in ct],
+                    "x--", color=colors.get(k), alpha=0.5, label=f"{k} (control: M0)")
         ax.set_xlabel("safety-finetuning steps t")
         ax.set_ylabel("ROUGE-1 drop" if sig == "rouge" else "target NLL increase (nats/token)")
         ax.set_title(f"{sig} forgetting per kind")
@@ -544,6 +544,7 @@ def main():
         concept=data_info["config"]["concept"], model=filt["config"]["model"], scorer=scorer_name,
         seed=filt["config"]["seed"], hardware=filt["hardware"], device=filt["device"], precision=filt["precision"],
         torch=filt["torch"], peak_memory_gib=max(filt["peak_memory_gib"], ff.peak_memory_gib()),
+        memory_gib=dict(ff=filt.get("memory_gib", {}), eval=ff.peak_memory_gib()),  # peak so far, per stage
         wall_s=dict(data=data_info["wall_s"], ff=filt["timings_s"], eval=eval_s, eval_by_condition=wall,
                     total=round(data_info["wall_s"] + sum(filt["timings_s"].values()) + eval_s, 1)),
         data=dict(config=data_info["config"], counts=data_info["counts"], noisy_kinds=data_info["noisy_kinds"]),

@@ -68,8 +68,9 @@ class Config:
     lr: float = opt(1e-4, "peak learning rate, linear decay to 0, no warmup (paper: 2e-4 with LoRA)")
     epochs: int = opt(5, "epochs over D_noisy for M1 and over D_kept for FF")
     batch_size: int = opt(8, "examples per optimizer step")
-    micro_batch_size: int = opt(4, "examples per forward pass; batch_size / micro_batch_size = accumulation "
-                                   "(4 keeps the CPU run under 4 GiB)")
+    micro_tokens: int = opt(512, "padded tokens per forward pass at most: each optimizer batch runs in as few passes "
+                                 "as fit (most toxicity batches: 1 pass of 8 rows; BBQ: 3-4 passes); bounds the "
+                                 "activation memory")
     grad_clip: float = opt(1.0, "clip the gradient norm to this (0 = off)")
     max_len: int = opt(256, "truncate training sequences to this many tokens")
     safety_steps: list = opt([10, 25, 50], "t: score the noisy set after each of these safety-finetuning steps")
@@ -81,7 +82,8 @@ class Config:
                            "(no labels needed; run.sh passes the fixed 0.1)")
     phi_nll: str = opt("auto", "flag an example iff its NLL forgetting (nats/token) > phi_nll; auto as above "
                                "(run.sh passes 0.5)")
-    control: bool = opt(True, "also safety-finetune M0 itself, to tell forgetting from a plain domain shift")
+    control: bool = opt(True, "also safety-finetune M0 itself and score it at the filter's t, to tell forgetting "
+                              "from a plain domain shift")
     retrain: bool = opt(True, "train FF = M0 + D_kept per signal (--no-retrain: stop once the filtered sets exist)")
     gen_batch_size: int = opt(32, "prompts per greedy-generation batch")
     max_new_tokens_text: int = opt(32, "generation cap for the text (toxicity) format")
@@ -242,6 +244,18 @@ def length_grouped_batches(lengths, batch_size, rng):
     return batches
 
 
+def token_budget_split(batch, lengths, budget):
+    """Split one optimizer batch into forward passes of at most `budget` padded tokens (rows x longest row; a row
+    longer than the budget runs alone). Few, large passes are fast on any device; the budget caps the memory."""
+    parts, part = [], []
+    for i in sorted(batch, key=lambda j: lengths[j], reverse=True):
+        if part and (len(part) + 1) * lengths[part[0]] > budget:
+            parts.append(part)
+            part = []
+        part.append(i)
+    return parts + [part]
+
+
 def collate(seqs, pad_id, device):
     """Right-padded input_ids, attention_mask and labels (-100 on padding: the loss covers the whole sequence,
     prompt included, as in the paper's code)."""
@@ -270,29 +284,36 @@ def train(model, tok, examples, cfg, lr, steps=None, epochs=None, on_step=None, 
     scaler = torch.amp.GradScaler(enabled=(device == "cuda" and amp == torch.float16))
     seqs = [encode(tok, ex, cfg.max_len)[0] for ex in examples]
     rng = random.Random(cfg.seed)
-    accum = cfg.batch_size // cfg.micro_batch_size
+    lengths = [len(s) for s in seqs]
     steps_per_epoch = math.ceil(len(seqs) / cfg.batch_size)
     total = steps if steps is not None else epochs * steps_per_epoch
 
-    def micro_batches():  # endless, epoch after epoch
+    def batches():  # endless, epoch after epoch
         while True:
-            for b in length_grouped_batches([len(s) for s in seqs], cfg.micro_batch_size, rng):
-                yield collate([seqs[i] for i in b], tok.pad_token_id, device)
+            yield from length_grouped_batches(lengths, cfg.batch_size, rng)
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=FUSED)
-    batches, log, model_was_training = micro_batches(), [], model.training
+    order, log, model_was_training = batches(), [], model.training
     model.train()
     t0, tokens = time.time(), 0
     bar = tqdm(range(total), desc=desc, unit="step")
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = get_lr(step, total, lr)
+        batch = next(order)
+        n_pred = sum(lengths[i] - 1 for i in batch)  # predicted tokens in the whole optimizer batch
         lossf = 0.0
-        for _ in range(accum):
-            ids, mask, labels = next(batches)
+        for part in token_budget_split(batch, lengths, cfg.micro_tokens):
+            ids, mask, labels = collate([seqs[i] for i in part], tok.pad_token_id, device)
             with autocast:
-                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss / accum
+                logits = model(input_ids=ids, attention_mask=mask).logits
+            # next-token loss summed over the pass, divided by the batch's token count: the mean over every
+            # predicted token of the optimizer batch, however many passes it took (shift the labels, not the
+            # logits, so the big logits tensor is not copied)
+            target = torch.cat([labels[:, 1:], labels.new_full((len(part), 1), -100)], dim=1)
+            loss = nn.functional.cross_entropy(logits.float().view(-1, logits.size(-1)), target.view(-1),
+                                               ignore_index=-100, reduction="sum") / n_pred
             scaler.scale(loss).backward()
             lossf += loss.item()
             tokens += int(mask.sum())
@@ -515,10 +536,11 @@ def forgetting_rows(noisy, s_m0, s_m1, s_t, s_ctrl, ts):
         row["safety"] = {str(t): s_t[t][i] for t in ts}
         row["forget_rouge"] = {str(t): round(s_m1[i]["rouge"] - s_t[t][i]["rouge"], 4) for t in ts}
         row["forget_nll"] = {str(t): round(s_t[t][i]["nll"] - s_m1[i]["nll"], 4) for t in ts}
-        if s_ctrl:
-            row["control"] = {str(t): s_ctrl[t][i] for t in ts}
-            row["control_forget_rouge"] = {str(t): round(s_m0[i]["rouge"] - s_ctrl[t][i]["rouge"], 4) for t in ts}
-            row["control_forget_nll"] = {str(t): round(s_ctrl[t][i]["nll"] - s_m0[i]["nll"], 4) for t in ts}
+        if s_ctrl:  # at the t it was scored at (the filter's)
+            row["control"] = {str(t): s_ctrl[t][i] for t in sorted(s_ctrl)}
+            row["control_forget_rouge"] = {str(t): round(s_m0[i]["rouge"] - s_ctrl[t][i]["rouge"], 4)
+                                           for t in sorted(s_ctrl)}
+            row["control_forget_nll"] = {str(t): round(s_ctrl[t][i]["nll"] - s_m0[i]["nll"], 4) for t in sorted(s_ctrl)}
         rows.append(row)
     return rows
 
@@ -550,7 +572,7 @@ def filter_metrics(rows, phis, ts, filter_t):
             d = m["by_t"][t] = dict(auroc=round(auroc(s, labels), 4), ap=round(average_precision(s, labels), 4),
                                     mean_by_kind={k: mean(r[f"forget_{sig}"][t] for r in rows if r["kind"] == k)
                                                   for k in kinds})
-            if "control" in rows[0]:
+            if t in rows[0].get("control", {}):
                 c = [r[f"control_forget_{sig}"][t] for r in rows]
                 d["control"] = dict(auroc=round(auroc(c, labels), 4), ap=round(average_precision(c, labels), 4),
                                     mean_by_kind={k: mean(r[f"control_forget_{sig}"][t] for r in rows
@@ -637,8 +659,8 @@ def check_config(cfg):
         raise UserError("--safety-steps: every t must be a positive number of steps")
     if cfg.filter_t and cfg.filter_t not in cfg.safety_steps:
         raise UserError(f"--filter-t {cfg.filter_t}: must be one of --safety-steps {cfg.safety_steps}")
-    if cfg.batch_size <= 0 or cfg.micro_batch_size <= 0 or cfg.batch_size % cfg.micro_batch_size:
-        raise UserError("--batch-size must be a positive multiple of --micro-batch-size")
+    if cfg.batch_size <= 0 or cfg.micro_tokens <= 0:
+        raise UserError("--batch-size and --micro-tokens must be positive")
     if cfg.format not in TEMPLATES:
         raise UserError(f"--format {cfg.format!r}: choose one of {', '.join(TEMPLATES)}")
     parse_phi(cfg.phi, "--phi"), parse_phi(cfg.phi_nll, "--phi-nll")
@@ -675,7 +697,8 @@ def stage(run, name, title, key, compute, needs=()):
     value = compute()
     release_memory()
     value["wall_s"] = round(time.time() - t0, 1)  # kept, so a run that skips the stage still reports its cost
-    print(f"== {title}: {value['wall_s']:.0f}s, peak memory so far {peak_memory_gib()} GiB")
+    value["peak_memory_gib"] = peak_memory_gib()  # of this process so far: what this stage raised it to
+    print(f"== {title}: {value['wall_s']:.0f}s, peak memory so far {value['peak_memory_gib']} GiB")
     write_json(path, dict(key=key, value=value))
     return value
 
@@ -709,7 +732,7 @@ def main():
           f"nll > {cfg.phi_nll}" + ("" if labelled else " | no labels: no filter metrics"))
 
     # What each stage depends on: change any of it and that stage (and what follows) is redone.
-    train_fields = ("model", "lora", "lora_r", "lora_alpha", "lora_dropout", "batch_size", "micro_batch_size",
+    train_fields = ("model", "lora", "lora_r", "lora_alpha", "lora_dropout", "batch_size", "micro_tokens",
                     "grad_clip", "max_len", "max_new_tokens_text", "max_new_tokens_qa", "seed")
     base = dict({f: getattr(cfg, f) for f in train_fields}, device=device, noisy=digest(noisy))
     safety_key = dict(safety=digest(safety), safety_lr=cfg.safety_lr, ts=ts)
@@ -722,19 +745,21 @@ def main():
         model, tok = load_model(str(path or cfg.model), device, dtype)
         return (add_lora(model, cfg) if cfg.lora else model), tok
 
-    def scores_at(store, model, tok, label):  # on_step callback: score D_noisy after t safety steps
-        return lambda step: step in ts and store.__setitem__(str(step), score(model, tok, noisy, cfg,
+    def scores_at(store, model, tok, label, at):  # on_step callback: score D_noisy after t safety steps
+        return lambda step: step in at and store.__setitem__(str(step), score(model, tok, noisy, cfg,
                                                                              f"{label} t={step}"))
 
-    # Control: the same safety finetuning applied to M0, which never saw D_noisy.
+    # Control: the same safety finetuning applied to M0, which never saw D_noisy, scored at the filter's t only
+    # (the one t the filter reads; each further t costs a scoring pass).
     def control():
         model, tok = m0()
         s_m0, s_ctrl = score(model, tok, noisy, cfg, "score M0"), {}
         if cfg.control:
             train(model, tok, safety, cfg, cfg.safety_lr, steps=ts[-1], desc="control: M0 + D_safe",
-                  on_step=scores_at(s_ctrl, model, tok, "control"))
+                  on_step=scores_at(s_ctrl, model, tok, "control", [filter_t]))
         return dict(s_m0=s_m0, s_ctrl=s_ctrl)
-    ctrl = stage(run, "control", "M0 scores and control", dict(base, **safety_key, control=cfg.control), control)
+    ctrl = stage(run, "control", "M0 scores and control",
+                 dict(base, **safety_key, control=cfg.control, filter_t=filter_t), control)
 
     # M1 = finetune(M0, D_noisy); s0 = scores of M1
     def learn():
@@ -749,7 +774,7 @@ def main():
         model, tok = m0(run / "ckpt/m1")
         s_t = {}
         log = train(model, tok, safety, cfg, cfg.safety_lr, steps=ts[-1], desc="M2 <- M1 + D_safe",
-                    on_step=scores_at(s_t, model, tok, "M2"))
+                    on_step=scores_at(s_t, model, tok, "M2", ts))
         save_checkpoint(model, tok, run / "ckpt/m2")
         return dict(s_t=s_t, log=log)
     m2 = stage(run, "m2", "M2: safety finetuning", key_m2, forget, needs=["ckpt/m2"])
@@ -793,6 +818,7 @@ def main():
     write_json(run / "filter.json", dict(
         config=dataclasses.asdict(cfg), device=device, precision=note, hardware=hardware(),
         torch=torch.__version__, timings_s=timings, peak_memory_gib=peak_memory_gib(),
+        memory_gib={k: v.get("peak_memory_gib") for k, v in stages.items()},
         thresholds=phis, n_kept={sig: len(k) for sig, k in kept.items()},
         train={name: {k: v for k, v in log.items() if k != "loss"} | dict(final_loss=log["loss"][-1]["loss"])
                for name, log in logs},

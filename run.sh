@@ -27,7 +27,7 @@ if $PY -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
   # GPU preset: more data, a 1.7B model with the paper's LoRA (r 8, alpha 16, q_proj/v_proj), lr 2e-4, batch 32.
   DATA_ARGS=(--n 1000 --n-safety 500 --n-eval 300)
   FF_ARGS=(--model HuggingFaceTB/SmolLM2-1.7B-Instruct --lora --lr 2e-4 --safety-lr 2e-4 --epochs 3
-           --batch-size 32 --micro-batch-size 16 --gen-batch-size 64 --max-new-tokens-text 64 --max-new-tokens-qa 96)
+           --batch-size 32 --micro-tokens 8192 --gen-batch-size 64 --max-new-tokens-text 64 --max-new-tokens-qa 96)
   EVAL_ARGS=(--gen-batch-size 64 --max-new-tokens 64)
 else
   # CPU default (2 cores): toxicity at full size (N 160, t = 10/25/50; about 30 min). BBQ prompts are 2.5x longer

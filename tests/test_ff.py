@@ -56,7 +56,7 @@ def test_encode_prompt_is_the_generation_prompt(tokenizer):
 
 def test_training_loop_lowers_the_loss(tokenizer):
     model = make_tiny(tokenizer)
-    cfg = ff.Config(batch_size=4, micro_batch_size=2)  # 2 micro-batches accumulated per step
+    cfg = ff.Config(batch_size=4, micro_tokens=24)  # several passes accumulated per step
     before = sum(ff.target_nll(model, tokenizer, EXAMPLES, cfg))
     log = ff.train(model, tokenizer, EXAMPLES * 4, cfg, lr=3e-3, steps=15)
     after = sum(ff.target_nll(model, tokenizer, EXAMPLES, cfg))
@@ -65,9 +65,33 @@ def test_training_loop_lowers_the_loss(tokenizer):
     assert log["loss"][-1]["lr"] < log["loss"][0]["lr"]  # the linear schedule decays
 
 
+def test_token_budget_split_by_hand():
+    lengths = [5, 9, 3, 9, 4]
+    # longest first; a pass holds rows x its longest row <= budget; a row over the budget runs alone
+    assert ff.token_budget_split([0, 1, 2, 3, 4], lengths, 18) == [[1, 3], [0, 4, 2]]
+    assert ff.token_budget_split([0, 1, 2, 3, 4], lengths, 8) == [[1], [3], [0], [4, 2]]
+    assert ff.token_budget_split([0, 2], lengths, 1000) == [[0, 2]]
+
+
+def test_one_step_is_the_same_however_the_batch_is_split(tokenizer):
+    """The loss is the mean over every predicted token of the optimizer batch, so splitting the batch into more
+    forward passes (a smaller --micro-tokens) must give the same loss and the same accumulated gradient."""
+    losses, grads = [], []
+    for budget in (10_000, 1):  # one pass of 5 rows; five passes of one row
+        model = make_tiny(tokenizer)
+        w = model.model.layers[0].mlp.up_proj.weight
+        seen = []
+        w.register_post_accumulate_grad_hook(lambda p: seen.append(p.grad.clone()))  # the last is the full sum
+        log = ff.train(model, tokenizer, EXAMPLES, ff.Config(batch_size=5, micro_tokens=budget), lr=1e-2, steps=1)
+        losses.append(log["loss"][0]["loss"])
+        grads.append(seen[-1])
+    assert abs(losses[0] - losses[1]) < 1e-4
+    assert torch.allclose(grads[0], grads[1], atol=1e-6, rtol=1e-4)
+
+
 def test_lora_trains_adapters_only_and_merges_exactly(tokenizer):
     model = make_tiny(tokenizer)
-    cfg = ff.Config(lora=True, batch_size=4, micro_batch_size=4, lora_dropout=0.0)
+    cfg = ff.Config(lora=True, batch_size=4, lora_dropout=0.0)
     frozen = model.model.embed_tokens.weight.clone()
     ff.add_lora(model, cfg)
     assert all(("A" in n or "B" in n) for n, p in model.named_parameters() if p.requires_grad)
