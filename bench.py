@@ -10,9 +10,12 @@ Prints a table and writes results/bench.json (and README's benchmark table betwe
     token cap and compares every example's ROUGE-1.
   * training: tokens/s of full finetuning and of LoRA, and utilisation = achieved FLOP/s / the matmul peak measured
     here (FLOPs per token: 6 N full, 4 N LoRA (no weight gradients), plus attention 12 * layers * d * seq).
+  * levers: training tokens/s and peak memory at --micro-tokens 256 / 512 / 1024 on toxicity rows (about 70 tokens)
+    and BBQ rows (about 190), and with torch.compile, each in a fresh process so that its peak memory is its own.
   * stages: wall time and peak memory of each stage of the committed reference runs (results/<setting>/summary.json).
 """
 import dataclasses
+import multiprocessing
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +23,8 @@ from pathlib import Path
 import torch
 
 import ff
-from data import Config as DataConfig, build_toxicity, main_guard, opt, parse_config, read_json, render, write_json, write_text
+from data import (BUILDERS, Config as DataConfig, build_toxicity, main_guard, opt, parse_config, read_json, render,
+                  write_json, write_text)
 
 
 @dataclass
@@ -29,6 +33,7 @@ class Config:
     official_n: int = opt(4, "examples for the official-style loop (500 new tokens each, one at a time)")
     equal_n: int = opt(32, "examples for the same-cap ROUGE-1 check of both loops")
     train_steps: int = opt(6, "measured optimizer steps per training mode (after one warm-up step)")
+    levers: bool = opt(True, "also measure --micro-tokens 256 / 512 / 1024 and torch.compile (about 9 min on CPU)")
     results: str = opt("results", "where bench.json goes")
     readme: str = opt("README.md", "README whose benchmark table is regenerated ('' = leave it alone)")
     device: str = opt("auto", "auto, cpu or cuda")
@@ -117,12 +122,47 @@ def bench_training(cfg, fcfg, noisy, device, peak):
     return out
 
 
+LEVERS = [("toxicity", 256, False), ("toxicity", 512, False), ("toxicity", 1024, False), ("toxicity", 512, True),
+          ("bias", 256, False), ("bias", 512, False), ("bias", 1024, False)]
+
+
+def lever_child(setting, micro_tokens, compiled, steps, model_name, device, queue):
+    """One lever, in a fresh (spawned) process: load, warm up one step (where torch.compile compiles), measure."""
+    noisy = BUILDERS[setting](DataConfig(concept=setting, n=160 if setting == "toxicity" else 96))["noisy"]
+    fcfg = ff.Config(model=model_name, device=device, micro_tokens=micro_tokens)
+    model, tok = ff.load_model(model_name, device)
+    if compiled:
+        model.forward = torch.compile(model.forward, dynamic=True)
+    t0 = time.time()
+    ff.train(model, tok, noisy, fcfg, 1e-5, steps=1, desc=f"{setting} {micro_tokens}: warm-up")
+    warm = time.time() - t0
+    log = ff.train(model, tok, noisy, fcfg, 1e-5, steps=steps, desc=f"{setting} {micro_tokens}: measured")
+    queue.put(dict(setting=setting, micro_tokens=micro_tokens, compiled=compiled, warmup_s=round(warm, 1),
+                   tokens_s=round(log["tokens"] / log["wall_s"], 1),
+                   mean_seq=round(log["tokens"] / (steps * fcfg.batch_size), 1), peak_memory_gib=ff.peak_memory_gib()))
+
+
+def bench_levers(cfg, device):
+    ctx, out = multiprocessing.get_context("spawn"), []
+    for setting, micro_tokens, compiled in LEVERS:
+        queue = ctx.Queue()
+        p = ctx.Process(target=lever_child, args=(setting, micro_tokens, compiled, cfg.train_steps, cfg.model,
+                                                  device, queue))
+        p.start()
+        out.append(queue.get())
+        p.join()
+        print(f"lever: {out[-1]}")
+    return out
+
+
 def stage_table(results):
     rows = {}
     for p in sorted(Path(results).glob("*/summary.json")):
         s = read_json(p)
         rows[p.parent.name] = dict(stages_s=dict(s["wall_s"]["ff"], data=s["wall_s"]["data"], eval=s["wall_s"]["eval"]),
                                    total_min=round(s["wall_s"]["total"] / 60, 1), peak_memory_gib=s["peak_memory_gib"],
+                                   memory_gib=dict(s.get("memory_gib", {}).get("ff", {}),
+                                                   eval=s.get("memory_gib", {}).get("eval")),
                                    hardware=s["hardware"])
     return rows
 
@@ -138,6 +178,13 @@ def render_table(b):
              f"| same per-example ROUGE-1 at the same cap | {s['same_rouge']} | | |", "",
              "| training | tokens/s | TFLOP/s | utilisation of matmul peak |", "|---|---|---|---|"]
     lines += [f"| {m} | {v['tokens_s']} | {v['tflop_s']} | {v['utilisation']} % |" for m, v in t.items()]
+    if b.get("levers"):
+        lines += ["", "Training levers (full finetuning, batch 8, each in a fresh process):", "",
+                  "| rows | mean tokens | --micro-tokens | torch.compile | tokens/s | peak memory (GiB) "
+                  "| warm-up step (s) |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {v['setting']} | {v['mean_seq']} | {v['micro_tokens']} | {'yes' if v['compiled'] else 'no'} | "
+                  f"{v['tokens_s']} | {v['peak_memory_gib']} | {v['warmup_s']} |" for v in b["levers"]]
     if b["stages"]:
         names = list(dict.fromkeys(k for v in b["stages"].values() for k in v["stages_s"]))
         lines += ["", "Reference runs (`bash run.sh`), wall time per stage in seconds:", "",
@@ -148,6 +195,12 @@ def render_table(b):
                                                 for n in names) + f" | {v['total_min']} | {v['peak_memory_gib']} |")
         lines.append("| all settings | " + " | " * len(names)
                      + f"{sum(v['total_min'] for v in b['stages'].values()):.1f} | |")
+        if all(v.get("memory_gib", {}).get("eval") for v in b["stages"].values()):
+            lines += ["", "Peak resident memory of the process by the end of each stage (GiB; eval.py is a process "
+                          "of its own):", "", "| setting | " + " | ".join(n for n in names if n != "data") + " |",
+                      "|---" * len(names) + "|"]
+            lines += [f"| {k} | " + " | ".join(f"{v['memory_gib'].get(n) or ''}" for n in names if n != "data")
+                      + " |" for k, v in b["stages"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -167,8 +220,9 @@ def main():
     ff.release_memory()
     training = bench_training(cfg, fcfg, noisy, device, peak)
     print(f"training: {training}")
+    levers = bench_levers(cfg, device) if cfg.levers else []
     b = dict(model=cfg.model, hardware=ff.hardware(), torch=torch.__version__, dtype=str(dtype),
-             matmul_peak_tflop_s=round(peak / 1e12, 4), scoring=scoring, training=training,
+             matmul_peak_tflop_s=round(peak / 1e12, 4), scoring=scoring, training=training, levers=levers,
              stages=stage_table(cfg.results), config=dataclasses.asdict(cfg), wall_s=round(time.time() - t_all, 1))
     write_json(Path(cfg.results) / "bench.json", b)
     table = render_table(b)

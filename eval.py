@@ -73,6 +73,8 @@ class Config:
     gen_batch_size: int = opt(32, "prompts per generation batch")
     max_new_tokens: int = opt(32, "generation cap for continuations and answers")
     device: str = opt("auto", "auto, cpu or cuda")
+    started: float = opt(0.0, "unix time at which the whole run began (run.sh passes it): the summary then also "
+                              "reports the end-to-end wall time, process start-up and model loading included")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -302,9 +304,12 @@ def render_tables(s):
     c = s["conditions"]
     lines = [f"Concept **{s['concept']}**. Model `{s['model']}`, seed {s['seed']}, {s['hardware']}, "
              f"torch {s['torch']}, {s['precision']}" + (f"; toxicity scorer **{s['scorer']}**" if s.get("scorer") else "")
-             + f"; total wall time {s['wall_s']['total'] / 60:.1f} min (data {s['wall_s']['data']:.0f} s, "
+             + f"; wall time {s['wall_s']['total'] / 60:.1f} min in the stages (data {s['wall_s']['data']:.0f} s, "
              + ", ".join(f"{k} {v:.0f} s" for k, v in s["wall_s"]["ff"].items())
-             + f", evaluation {s['wall_s']['eval']:.0f} s); peak memory {s['peak_memory_gib']} GiB.", ""]
+             + f", evaluation {s['wall_s']['eval']:.0f} s)"
+             + (f", {s['wall_s']['end_to_end'] / 60:.1f} min end to end (`bash run.sh`: with process start-up and "
+                "model loading)" if s["wall_s"].get("end_to_end") else "")
+             + f"; peak memory {s['peak_memory_gib']} GiB.", ""]
     cols = {}
     for h, get in MAIN_COLUMNS.items():
         cells = []
@@ -336,7 +341,7 @@ def render_tables(s):
         lines.append(f"| {k} | {s['filter']['kinds'][k]} | {fmt(f['m0']['rouge'])} | {fmt(f['m1']['rouge'])} | "
                      f"{fmt(f['m0']['nll'])} | {fmt(f['m1']['nll'])} |")
     lines += ["", "Forgetting during the safety finetuning (mean per kind; AUROC and AP of unsafe vs the rest), "
-                  "beside the control (the same safety finetuning applied to M0):", "",
+                  "beside the control (the same safety finetuning applied to M0, scored at the filter's t):", "",
               "| signal | t | " + " | ".join(kinds) + " | AUROC | AP | control " + " | control ".join(kinds)
               + " | control AUROC | control AP |", "|---" * (2 * len(kinds) + 6) + "|"]
     for sig, d in s["filter"]["signals"].items():
@@ -459,8 +464,8 @@ def plot_forgetting(s, path):
             ax.plot(ts, [0] + [v["mean_by_kind"][k] for v in d["by_t"].values()], "o-", color=colors.get(k),
                     label=k)
             ct = [t for t, v in d["by_t"].items() if "control" in v]  # the control: M0 scored at the filter's t
-            ax.plot([0] + [int(t) for t in ct], [0] + [d["by_t"][t]["control"]["mean_by_kind"][k] for t in ct],
-                    "x--", color=colors.get(k), alpha=0.5, label=f"{k} (control: M0)")
+            ax.plot([int(t) for t in ct], [d["by_t"][t]["control"]["mean_by_kind"][k] for t in ct], "x",
+                    markersize=9, color=colors.get(k), label=f"{k} (control: M0)")
         ax.set_xlabel("safety-finetuning steps t")
         ax.set_ylabel("ROUGE-1 drop" if sig == "rouge" else "target NLL increase (nats/token)")
         ax.set_title(f"{sig} forgetting per kind")
@@ -546,7 +551,8 @@ def main():
         torch=filt["torch"], peak_memory_gib=max(filt["peak_memory_gib"], ff.peak_memory_gib()),
         memory_gib=dict(ff=filt.get("memory_gib", {}), eval=ff.peak_memory_gib()),  # peak so far, per stage
         wall_s=dict(data=data_info["wall_s"], ff=filt["timings_s"], eval=eval_s, eval_by_condition=wall,
-                    total=round(data_info["wall_s"] + sum(filt["timings_s"].values()) + eval_s, 1)),
+                    total=round(data_info["wall_s"] + sum(filt["timings_s"].values()) + eval_s, 1))
+        | (dict(end_to_end=round(time.time() - cfg.started, 1)) if cfg.started else {}),
         data=dict(config=data_info["config"], counts=data_info["counts"], noisy_kinds=data_info["noisy_kinds"]),
         ff_config=filt["config"], training=filt["train"], conditions=results_by_cond, filter=f)
     out = results / summary["concept"]

@@ -1,13 +1,31 @@
-"""Shared fixtures: a tiny random Llama with the embedded model's tokenizer (never the real weights)."""
+"""Shared fixtures: a tiny random Llama with the embedded model's tokenizer (never the real weights), and a way
+to run the scripts in this process."""
+import contextlib
+import importlib
 import importlib.util
+import io
+import os
 import sys
 from pathlib import Path
+from unittest import mock
 
-import pytest
-import torch
+os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub: the tests never reach the network
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+
+def script(name, *args):
+    """`python <name> <args>` run in this process (its main(), as the command line calls it, without the 5-10 s of
+    interpreter and import start-up a subprocess pays); returns what it printed."""
+    module = importlib.import_module(name.removesuffix(".py"))
+    out = io.StringIO()
+    with mock.patch.object(sys, "argv", [name, *map(str, args)]), contextlib.redirect_stdout(out):
+        module.main()
+    return out.getvalue()
 
 
 @pytest.fixture(scope="session")

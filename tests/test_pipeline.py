@@ -1,29 +1,21 @@
 """The whole chain (data.py -> ff.py -> eval.py) on the tiny model, and the command-line errors."""
 import importlib
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import script
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(*args, check=True):
-    env = dict(os.environ, HF_HUB_OFFLINE="1")  # the tests never reach the network
-    p = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
-    if check and p.returncode != 0:
-        raise AssertionError(f"{args} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
-    return p
-
-
 def run_chain(concept, tiny_dir, out):
-    run("data.py", "--concept", concept, "--n", "24", "--n-safety", "16", "--n-eval", "6", "--out", str(out))
-    run("ff.py", "--run", str(out), "--model", str(tiny_dir), "--epochs", "1", "--safety-steps", "1", "2",
-        "--lr", "1e-3", "--safety-lr", "1e-3", "--max-new-tokens-text", "6", "--max-new-tokens-qa", "6")
-    run("eval.py", "--run", str(out), "--results", str(out / "results"), "--readme", "", "--max-new-tokens", "6")
+    script("data.py", "--concept", concept, "--n", "24", "--n-safety", "16", "--n-eval", "6", "--out", out)
+    script("ff.py", "--run", out, "--model", tiny_dir, "--epochs", "1", "--safety-steps", "1", "2", "--lr", "1e-3",
+           "--safety-lr", "1e-3", "--max-new-tokens-text", "6", "--max-new-tokens-qa", "6")
+    script("eval.py", "--run", out, "--results", out / "results", "--readme", "", "--max-new-tokens", "6")
     return out
 
 
@@ -59,9 +51,9 @@ def test_chain_writes_every_output(chain):
     evals = [json.loads(x) for x in (chain / "results" / "toxicity" / "eval_rows.jsonl").read_text().splitlines()]
     assert len(evals) == 5 * (6 + 6) + 2 * 6 and {"condition", "id", "prompt", "generation"} <= set(evals[0])
     assert not list(chain.rglob("*.tmp"))  # no temporary file survives
-    again = run("eval.py", "--run", str(chain), "--results", str(chain / "results2"), "--readme", "",
-                "--max-new-tokens", "6")  # every condition was evaluated already: all skipped, same numbers
-    assert again.stdout.count("skipped") == 7
+    again = script("eval.py", "--run", chain, "--results", chain / "results2", "--readme", "",
+                   "--max-new-tokens", "6")  # every condition was evaluated already: all skipped, same numbers
+    assert again.count("skipped") == 7
     s2 = json.loads((chain / "results2" / "toxicity" / "summary.json").read_text())
     assert s2["conditions"] == s["conditions"] and s2["wall_s"]["eval"] == s["wall_s"]["eval"]
 
@@ -149,7 +141,7 @@ GOOD = '{"id": "x", "kind": "safe", "format": "qa", "prompt": "a", "target": "b"
 ])
 def test_bad_input_one_line_exit_2(args, needle, files, tmp_path, monkeypatch, capsys):
     """Each bad input: exit 2, one line naming the problem and the fix, no traceback, nothing written is touched.
-    In-process (the scripts' own main_guard), except the hub-id case, which needs HF_HUB_OFFLINE set before import."""
+    In-process, through the scripts' own main_guard (conftest sets HF_HUB_OFFLINE before any import)."""
     (tmp_path / "noisy.jsonl").write_text(GOOD)
     (tmp_path / "safety.jsonl").write_text(GOOD)
     (tmp_path / "filter.json").write_text('{"an earlier": "result"}\n')
@@ -159,15 +151,11 @@ def test_bad_input_one_line_exit_2(args, needle, files, tmp_path, monkeypatch, c
     if args[0] == "ff.py" and "--run" not in args:
         args += ["--run", str(tmp_path)]
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    if "no-such-org/no-such-model" in args:
-        p = run(*args, check=False)
-        code, stderr = p.returncode, p.stderr
-    else:
-        mod = importlib.import_module(args[0].removesuffix(".py"))
-        monkeypatch.setattr(sys, "argv", args)
-        with pytest.raises(SystemExit) as e:
-            mod.main_guard(mod.main)
-        code, stderr = e.value.code, capsys.readouterr().err
+    mod = importlib.import_module(args[0].removesuffix(".py"))
+    monkeypatch.setattr(sys, "argv", args)
+    with pytest.raises(SystemExit) as e:
+        mod.main_guard(mod.main)
+    code, stderr = e.value.code, capsys.readouterr().err
     assert code == 2, stderr
     assert needle in stderr and "Traceback" not in stderr
     assert len([line for line in stderr.splitlines() if line.startswith(("error", "usage", "ff.py", "data.py"))]) <= 2

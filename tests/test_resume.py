@@ -7,27 +7,21 @@ import sys
 import time
 from pathlib import Path
 
+from conftest import script
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--epochs", "1", "--lr", "1e-3", "--safety-lr", "1e-3", "--max-new-tokens-text", "6",
         "--max-new-tokens-qa", "6"]
 
 
-def ff(*args, wait=True):
-    """Run ff.py; its output goes to a file, so that a child we do not read from never blocks on a full pipe."""
-    log = open(Path(args[args.index("--run") + 1]).parent / f"ff-{time.time_ns()}.log", "w+")
-    p = subprocess.Popen([sys.executable, "ff.py", *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
-    p.log = log
-    if wait:
-        p.wait(timeout=600)
-        log.seek(0)
-        p.output = log.read()
-        assert p.returncode == 0, p.output[-3000:]
-    return p
+def byo_args(tiny_dir, out, *extra, noisy=ROOT / "examples/noisy.jsonl"):
+    return ["--noisy", str(noisy), "--safe", str(ROOT / "examples/safe.jsonl"), "--run", str(out),
+            "--model", str(tiny_dir), "--no-control", "--no-retrain", "--safety-steps", "1", "2", *TINY, *extra]
 
 
-def byo(tiny_dir, out, *extra, noisy="examples/noisy.jsonl", wait=True):
-    return ff("--noisy", noisy, "--safe", "examples/safe.jsonl", "--run", str(out), "--model", str(tiny_dir),
-              "--no-control", "--no-retrain", "--safety-steps", "1", "2", *TINY, *extra, wait=wait)
+def byo(tiny_dir, out, *extra, noisy=ROOT / "examples/noisy.jsonl"):
+    """ff.py on your own data (the README's command, on the tiny model); returns what it printed."""
+    return script("ff.py", *byo_args(tiny_dir, out, *extra, noisy=noisy))
 
 
 def test_own_data_gives_rows_and_the_kept_lines_verbatim(tiny_dir, tmp_path):
@@ -63,17 +57,20 @@ def test_killed_run_resumes_to_the_same_outputs_and_reruns_are_identical(tiny_di
     assert outputs(tmp_path / "a") == outputs(tmp_path / "b")  # determinism: byte-identical rows on CPU
 
     run = tmp_path / "c"
-    p = byo(tiny_dir, run, *args, wait=False)
-    while not (run / "stages" / "m1.json").exists():  # M1 is done: kill inside the safety finetuning
-        assert p.poll() is None, "finished before it could be killed"
-        time.sleep(0.01)
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait()
+    run.mkdir()
+    with open(run / "ff.log", "w") as log:  # a file, not a pipe: a child nobody reads from never blocks
+        p = subprocess.Popen([sys.executable, "ff.py", *byo_args(tiny_dir, run, *args)], cwd=ROOT, stdout=log,
+                             stderr=subprocess.STDOUT)
+        while not (run / "stages" / "m1.json").exists():  # M1 is done: kill inside the safety finetuning
+            assert p.poll() is None, "finished before it could be killed"
+            time.sleep(0.01)
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
     assert p.returncode == -signal.SIGKILL and not (run / "stages" / "m2.json").exists()
     for f in run.rglob("*.json"):
         json.loads(f.read_text())  # nothing half-written
-    p = byo(tiny_dir, run, *args)
-    assert "M1: learn D_noisy: done earlier with the same configuration, skipped" in p.output
+    out = byo(tiny_dir, run, *args)
+    assert "M1: learn D_noisy: done earlier with the same configuration, skipped" in out
     assert outputs(run) == outputs(tmp_path / "a")
     assert not list(run.rglob("*.tmp"))
 
