@@ -74,7 +74,7 @@ class Config:
     max_new_tokens: int = opt(32, "generation cap for continuations and answers")
     device: str = opt("auto", "auto, cpu or cuda")
     started: float = opt(0.0, "unix time at which the whole run began (run.sh passes it): the summary then also "
-                              "reports the end-to-end wall time, process start-up and model loading included")
+                              "reports the end-to-end wall time, process start-up, imports and the report included")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -307,8 +307,8 @@ def render_tables(s):
              + f"; wall time {s['wall_s']['total'] / 60:.1f} min in the stages (data {s['wall_s']['data']:.0f} s, "
              + ", ".join(f"{k} {v:.0f} s" for k, v in s["wall_s"]["ff"].items())
              + f", evaluation {s['wall_s']['eval']:.0f} s)"
-             + (f", {s['wall_s']['end_to_end'] / 60:.1f} min end to end (`bash run.sh`: with process start-up and "
-                "model loading)" if s["wall_s"].get("end_to_end") else "")
+             + (f", {s['wall_s']['end_to_end'] / 60:.1f} min end to end (`bash run.sh`: with process start-up, "
+                "imports and the report)" if s["wall_s"].get("end_to_end") else "")
              + f"; peak memory {s['peak_memory_gib']} GiB.", ""]
     cols = {}
     for h, get in MAIN_COLUMNS.items():
