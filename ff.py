@@ -537,10 +537,10 @@ def forgetting_rows(noisy, s_m0, s_m1, s_t, s_ctrl, ts):
         row["forget_rouge"] = {str(t): round(s_m1[i]["rouge"] - s_t[t][i]["rouge"], 4) for t in ts}
         row["forget_nll"] = {str(t): round(s_t[t][i]["nll"] - s_m1[i]["nll"], 4) for t in ts}
         if s_ctrl:  # at the t it was scored at (the filter's)
-            row["control"] = {str(t): s_ctrl[t][i] for t in sorted(s_ctrl)}
-            row["control_forget_rouge"] = {str(t): round(s_m0[i]["rouge"] - s_ctrl[t][i]["rouge"], 4)
-                                           for t in sorted(s_ctrl)}
-            row["control_forget_nll"] = {str(t): round(s_ctrl[t][i]["nll"] - s_m0[i]["nll"], 4) for t in sorted(s_ctrl)}
+            row["control"] = {str(t): c[i] for t, c in s_ctrl.items()}
+            row["control_forget_rouge"] = {str(t): round(s_m0[i]["rouge"] - c[i]["rouge"], 4)
+                                           for t, c in s_ctrl.items()}
+            row["control_forget_nll"] = {str(t): round(c[i]["nll"] - s_m0[i]["nll"], 4) for t, c in s_ctrl.items()}
         rows.append(row)
     return rows
 
