@@ -231,6 +231,13 @@ def encode(tok, ex, max_len):
     return (p + t)[:max_len], len(p)
 
 
+def target_ids(tok, ex, max_len):
+    """The target tokens whose NLL is the loss-based score: those of encode(), eos excluded, and the last one too
+    when encode() truncates (as target_nll counts them)."""
+    seq, n_prompt = encode(tok, ex, max_len)
+    return seq[n_prompt:len(seq) - 1]
+
+
 def length_grouped_batches(lengths, batch_size, rng):
     """Shuffle, cut into mega-batches of 16 batches, sort each by length, split: little padding, random order."""
     idx = list(range(len(lengths)))
@@ -314,6 +321,7 @@ def train(model, tok, examples, cfg, lr, steps=None, epochs=None, on_step=None, 
             target = torch.cat([labels[:, 1:], labels.new_full((len(part), 1), -100)], dim=1)
             loss = nn.functional.cross_entropy(logits.float().view(-1, logits.size(-1)), target.view(-1),
                                                ignore_index=-100, reduction="sum") / n_pred
+            del logits  # the loss keeps what backward needs; this frees the logits (passes x vocabulary) early
             scaler.scale(loss).backward()
             lossf += loss.item()
             tokens += int(mask.sum())
@@ -328,6 +336,8 @@ def train(model, tok, examples, cfg, lr, steps=None, epochs=None, on_step=None, 
         if on_step is not None:
             on_step(step + 1)
     model.train(model_was_training)
+    del opt  # AdamW's two moments, twice the model's size: give them back before whatever comes next
+    release_memory()
     return dict(steps=total, tokens=tokens, wall_s=round(time.time() - t0, 1), loss=log)
 
 
@@ -368,18 +378,18 @@ def _newline_ids(tok):
 
 
 @torch.inference_mode()
-def generate(model, tok, prompts, max_new_tokens, batch_size=32, stop_at_line=True, expected_len=None, desc=None):
+def generate(model, tok, prompts, max_new_tokens, batch_size=32, stop_at_line=True, targets=None, desc=None):
     """Greedy continuations of `prompts` (strings). max_new_tokens: an int or one cap per prompt. Returns the
     generated text of each prompt, cut at eos; with stop_at_line, a row stops once its first non-empty line is
     complete. Finished rows leave the batch (and the KV cache), so one long answer runs alone, not with 31 others.
-    expected_len (e.g. the target's length) groups rows that will finish together."""
+    targets (token ids per prompt): also return each target's mean NLL given its prompt, read off the prompt's KV
+    cache (target_nll's numbers without running the prompt twice)."""
     device = next(model.parameters()).device
     caps = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
     ids = [tok(p, add_special_tokens=False).input_ids for p in prompts]
-    hint = expected_len or [0] * len(prompts)
-    order = sorted(range(len(prompts)), key=lambda i: (caps[i], hint[i], len(ids[i])))
+    order = sorted(range(len(prompts)), key=lambda i: (caps[i], len(ids[i])))  # little left padding per batch
     newline, eos, pad = _newline_ids(tok), tok.eos_token_id, tok.pad_token_id
-    out = [None] * len(prompts)
+    out, nll = [None] * len(prompts), [None] * len(prompts)
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     for b in tqdm(batches, desc=desc, unit="batch", disable=desc is None):
         L = max(len(ids[i]) for i in b)
@@ -390,8 +400,11 @@ def generate(model, tok, prompts, max_new_tokens, batch_size=32, stop_at_line=Tr
             mask[r, L - len(ids[i]):] = 1
         x, mask = x.to(device), mask.to(device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: positions count real tokens only
-        gen, active = [[] for _ in b], list(range(len(b)))  # active[r] = the batch row that tensor row r holds
         step = model(input_ids=x, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+        if targets is not None:
+            for i, v in zip(b, continuation_nll(model, step, mask, pos, [targets[i] for i in b])):
+                nll[i] = v
+        gen, active = [[] for _ in b], list(range(len(b)))  # active[r] = the batch row that tensor row r holds
         while True:
             nxt = step.logits[:, -1].argmax(-1)
             keep = []
@@ -417,12 +430,39 @@ def generate(model, tok, prompts, max_new_tokens, batch_size=32, stop_at_line=Tr
                          past_key_values=step.past_key_values, use_cache=True)
         for r, i in enumerate(b):
             out[i] = tok.decode(gen[r], skip_special_tokens=True)
-    return out
+    return (out, nll) if targets is not None else out
+
+
+def continuation_nll(model, prefill, mask, pos, targets):
+    """Mean NLL of each row's target tokens after its left-padded prompt, given the prompt's forward pass (its KV
+    cache and last logits, which predict the first target token). The targets run as one right-padded block on top
+    of the cache, which is then cut back to the prompt, ready for decoding."""
+    T = max(len(t) for t in targets)
+    if T == 0:
+        return [float("nan")] * len(targets)
+    y = torch.full((len(targets), T), -100, dtype=torch.long)
+    for r, t in enumerate(targets):
+        y[r, :len(t)] = torch.tensor(t, dtype=torch.long)
+    y = y.to(mask.device)
+    ce = lambda logits, y: nn.functional.cross_entropy(logits.float(), y, ignore_index=-100, reduction="none")
+    tok_nll = [ce(prefill.logits[:, -1], y[:, 0])[:, None]]  # the prompt's last logits predict target token 0
+    if T > 1:  # target tokens 0..T-2 predict tokens 1..T-1
+        cache = prefill.past_key_values
+        m = torch.cat([mask, (y[:, :-1] >= 0).long()], dim=1)
+        p = pos[:, -1:] + 1 + torch.arange(T - 1, device=mask.device)
+        logits = model(input_ids=y[:, :-1].clamp(min=0), attention_mask=m, position_ids=p, past_key_values=cache,
+                       use_cache=True).logits
+        cache.crop(-(T - 1))  # drop the target positions again: decoding starts from the prompt
+        tok_nll.append(ce(logits.flatten(0, 1), y[:, 1:].flatten()).view(len(targets), T - 1))
+    tok_nll, n = torch.cat(tok_nll, dim=1).sum(1).tolist(), (y >= 0).sum(1).tolist()
+    return [s / k if k else float("nan") for s, k in zip(tok_nll, n)]
 
 
 @torch.inference_mode()
 def target_nll(model, tok, examples, cfg, batch_size=8):
-    """Mean NLL (nats/token) of each example's target tokens given its prompt: the loss-based forgetting score."""
+    """Mean NLL (nats/token) of each example's target tokens given its prompt: the loss-based forgetting score, in
+    its plain form (one forward pass over prompt + target). score() gets the same numbers from generate(), which
+    reads them off the prompt's KV cache instead of running the prompt a second time."""
     device = next(model.parameters()).device
     enc = [encode(tok, ex, cfg.max_len) for ex in examples]
     order = sorted(range(len(enc)), key=lambda i: len(enc[i][0]))
@@ -446,10 +486,8 @@ def score(model, tok, examples, cfg, desc):
     """s(M, x) for every example: greedy generation, its ROUGE-1 against the target, and the target NLL."""
     was = model.training
     model.eval()
-    target_len = [len(tok(ex["target"], add_special_tokens=False).input_ids) for ex in examples]
-    gens = generate(model, tok, [render(ex) for ex in examples], caps_for(examples, cfg), cfg.gen_batch_size,
-                    expected_len=target_len, desc=desc)
-    nll = target_nll(model, tok, examples, cfg)
+    gens, nll = generate(model, tok, [render(ex) for ex in examples], caps_for(examples, cfg), cfg.gen_batch_size,
+                         targets=[target_ids(tok, ex, cfg.max_len) for ex in examples], desc=desc)
     model.train(was)
     release_memory()
     return {ex["id"]: dict(gen=g, rouge=round(rouge1(ex["target"], g), 4), nll=round(n, 4))

@@ -48,6 +48,20 @@ def test_target_nll_batched_equals_single(tokenizer):
     assert abs(batched[2] - want.item()) < 1e-4
 
 
+def test_generation_reads_the_target_nll_off_the_prompt_cache(tokenizer):
+    """score()'s NLL comes from generate(): the targets run on top of the left-padded prompts' KV cache. It must
+    equal the plain one-pass target_nll, also where encode() truncates, and leave the generations unchanged."""
+    model = make_tiny(tokenizer, newline_bias=50.0)
+    for max_len in (256, 12):  # 12 cuts the longer examples inside their target
+        cfg = ff.Config(max_len=max_len)
+        prompts = [render(e) for e in EXAMPLES]
+        gens, nll = ff.generate(model, tokenizer, prompts, 9, batch_size=3,
+                                targets=[ff.target_ids(tokenizer, e, max_len) for e in EXAMPLES])
+        assert gens == ff.generate(model, tokenizer, prompts, 9, batch_size=3)
+        assert torch.allclose(torch.tensor(nll), torch.tensor(ff.target_nll(model, tokenizer, EXAMPLES, cfg)),
+                              atol=1e-4, equal_nan=True)
+
+
 def test_encode_prompt_is_the_generation_prompt(tokenizer):
     ids, n_prompt = ff.encode(tokenizer, EXAMPLES[2], 256)
     assert ids[:n_prompt] == tokenizer(render(EXAMPLES[2]), add_special_tokens=False).input_ids
