@@ -16,6 +16,7 @@ Prints a table and writes results/bench.json (and README's benchmark table betwe
 """
 import dataclasses
 import multiprocessing
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,9 +118,34 @@ def bench_training(cfg, fcfg, noisy, device, peak):
         flops = tok_s * train_flops_per_token(model, mode == "lora", seq)
         out[mode] = dict(tokens_s=round(tok_s, 1), tflop_s=round(flops / 1e12, 4),
                          utilisation=round(100 * flops / peak, 1), mean_seq=round(seq, 1))
+        if mode == "full" and device == "cpu":
+            out["breakdown"] = training_breakdown(model, tok, noisy, fcfg, peak)
         del model
         ff.release_memory()
     return out
+
+
+def training_breakdown(model, tok, noisy, fcfg, peak, steps=2):
+    """Where full finetuning's time goes on CPU: torch.profiler over `steps` steps gives the share of the time in
+    matmuls and their own FLOP/s against the peak, and AdamW's share; padding is the share of the tokens a forward
+    pass computes that are padding, over one epoch of the batches train() forms."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        ff.train(model, tok, noisy, fcfg, 1e-5, steps=steps, desc="full: profiled")
+    ops = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in ops)
+    mm = [e for e in ops if e.key in ("aten::mm", "aten::addmm", "aten::bmm")]
+    mm_us = sum(e.self_cpu_time_total for e in mm)
+    adam_us = sum(e.self_cpu_time_total for e in ops if "adam" in e.key.lower())
+    lengths = [len(ff.encode(tok, ex, fcfg.max_len)[0]) for ex in noisy]
+    passes = [p for b in ff.length_grouped_batches(lengths, fcfg.batch_size, random.Random(fcfg.seed))
+              for p in ff.token_budget_split(b, lengths, fcfg.micro_tokens)]
+    padded = sum(len(p) * max(lengths[i] for i in p) for p in passes)
+    return dict(matmul_time_share=round(100 * mm_us / total, 1),
+                matmul_utilisation=round(100 * sum(e.flops for e in mm) / (mm_us / 1e6) / peak, 1),
+                adamw_time_share=round(100 * adam_us / total, 1), other_time_share=round(100 * (total - mm_us - adam_us)
+                                                                                         / total, 1),
+                padding_share=round(100 * (1 - sum(lengths) / padded), 1), profiled_steps=steps)
 
 
 LEVERS = [("toxicity", 256, False), ("toxicity", 512, False), ("toxicity", 1024, False), ("toxicity", 512, True),
@@ -177,7 +203,15 @@ def render_table(b):
              f"(scaled from {s['official_n_measured']}) | {s['speedup']}x |",
              f"| same per-example ROUGE-1 at the same cap | {s['same_rouge']} | | |", "",
              "| training | tokens/s | TFLOP/s | utilisation of matmul peak |", "|---|---|---|---|"]
-    lines += [f"| {m} | {v['tokens_s']} | {v['tflop_s']} | {v['utilisation']} % |" for m, v in t.items()]
+    lines += [f"| {m} | {v['tokens_s']} | {v['tflop_s']} | {v['utilisation']} % |" for m, v in t.items()
+              if m in ("full", "lora")]
+    if "breakdown" in t:
+        d = t["breakdown"]
+        lines += ["", f"Where full finetuning's time goes (torch.profiler over {d['profiled_steps']} steps): matmuls "
+                  f"{d['matmul_time_share']} % of it, running at {d['matmul_utilisation']} % of the peak; AdamW "
+                  f"{d['adamw_time_share']} %; everything else (norms, activations, attention, the loss, gradient "
+                  f"sums) {d['other_time_share']} %. Padding is {d['padding_share']} % of the tokens the forward "
+                  "passes compute."]
     if b.get("levers"):
         lines += ["", "Training levers (full finetuning, batch 8, each in a fresh process):", "",
                   "| rows | mean tokens | --micro-tokens | torch.compile | tokens/s | peak memory (GiB) "
