@@ -634,7 +634,12 @@ def release_memory():
 
 
 def peak_memory_gib():
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    """Peak resident memory of this process (GiB; on CUDA the larger of it and the GPU's peak allocation). Linux:
+    VmHWM, which starts afresh in a new program; ru_maxrss would carry over a spawning parent's peak."""
+    status = Path("/proc/self/status")
+    hwm = [line.split()[1] for line in status.read_text().splitlines() if line.startswith("VmHWM")] \
+        if status.is_file() else []
+    rss = int(hwm[0]) / 2**20 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB
     return round(max(rss, torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0), 2)
 
 
