@@ -1,6 +1,6 @@
 """How fast is each part, measured in one run on one model: scoring, training, and the reference run's stages.
 
-    python bench.py                      # embedded SmolLM2-135M-Instruct on CPU (or CUDA when present), ~13 min on CPU
+    python bench.py                      # embedded SmolLM2-135M-Instruct on CPU (or CUDA when present), 10-13 min on CPU
     python bench.py --official-n 2       # fewer examples for the slow official-style loop
 
 Prints a table and writes results/bench.json (and README's benchmark table between its markers):
