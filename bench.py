@@ -11,7 +11,8 @@ Prints a table and writes results/bench.json (and README's benchmark table betwe
   * training: tokens/s of full finetuning and of LoRA, and utilisation = achieved FLOP/s / the matmul peak measured
     here (FLOPs per token: 6 N full, 4 N LoRA (no weight gradients), plus attention 12 * layers * d * seq).
   * levers: training tokens/s and peak memory at --micro-tokens 256 / 512 / 1024 on toxicity rows (about 70 tokens)
-    and BBQ rows (about 190), and with torch.compile, each in a fresh process so that its peak memory is its own.
+    and BBQ rows (about 190), with torch.compile, and with glibc's allocator defaults (not ff.tune_allocator), each
+    in a fresh process so that its peak memory is its own.
   * stages: wall time and peak memory of each stage of the committed reference runs (results/<setting>/summary.json).
 """
 import dataclasses
@@ -34,7 +35,7 @@ class Config:
     official_n: int = opt(4, "examples for the official-style loop (500 new tokens each, one at a time)")
     equal_n: int = opt(32, "examples for the same-cap ROUGE-1 check of both loops")
     train_steps: int = opt(6, "measured optimizer steps per training mode (after one warm-up step)")
-    levers: bool = opt(True, "also measure --micro-tokens 256 / 512 / 1024 and torch.compile (about 9 min on CPU)")
+    levers: bool = opt(True, "also measure --micro-tokens, torch.compile and the allocator (about 10 min on CPU)")
     results: str = opt("results", "where bench.json goes")
     readme: str = opt("README.md", "README whose benchmark table is regenerated ('' = leave it alone)")
     device: str = opt("auto", "auto, cpu or cuda")
@@ -148,12 +149,16 @@ def training_breakdown(model, tok, noisy, fcfg, peak, steps=2):
                 padding_share=round(100 * (1 - sum(lengths) / padded), 1), profiled_steps=steps)
 
 
-LEVERS = [("toxicity", 256, False), ("toxicity", 512, False), ("toxicity", 1024, False), ("toxicity", 512, True),
-          ("bias", 256, False), ("bias", 512, False), ("bias", 1024, False)]
+# (rows, --micro-tokens, torch.compile, ff.tune_allocator)
+LEVERS = [("toxicity", 256, False, True), ("toxicity", 512, False, True), ("toxicity", 1024, False, True),
+          ("toxicity", 512, True, True), ("toxicity", 512, False, False),
+          ("bias", 256, False, True), ("bias", 512, False, True), ("bias", 1024, False, True)]
 
 
-def lever_child(setting, micro_tokens, compiled, steps, model_name, device, queue):
+def lever_child(setting, micro_tokens, compiled, tuned, steps, model_name, device, queue):
     """One lever, in a fresh (spawned) process: load, warm up one step (where torch.compile compiles), measure."""
+    if tuned:
+        ff.tune_allocator()
     noisy = BUILDERS[setting](DataConfig(concept=setting, n=160 if setting == "toxicity" else 96))["noisy"]
     fcfg = ff.Config(model=model_name, device=device, micro_tokens=micro_tokens)
     model, tok = ff.load_model(model_name, device)
@@ -163,17 +168,17 @@ def lever_child(setting, micro_tokens, compiled, steps, model_name, device, queu
     ff.train(model, tok, noisy, fcfg, 1e-5, steps=1, desc=f"{setting} {micro_tokens}: warm-up")
     warm = time.time() - t0
     log = ff.train(model, tok, noisy, fcfg, 1e-5, steps=steps, desc=f"{setting} {micro_tokens}: measured")
-    queue.put(dict(setting=setting, micro_tokens=micro_tokens, compiled=compiled, warmup_s=round(warm, 1),
+    queue.put(dict(setting=setting, micro_tokens=micro_tokens, compiled=compiled, allocator_tuned=tuned,
+                   warmup_s=round(warm, 1),
                    tokens_s=round(log["tokens"] / log["wall_s"], 1),
                    mean_seq=round(log["tokens"] / (steps * fcfg.batch_size), 1), peak_memory_gib=ff.peak_memory_gib()))
 
 
 def bench_levers(cfg, device):
     ctx, out = multiprocessing.get_context("spawn"), []
-    for setting, micro_tokens, compiled in LEVERS:
+    for lever in LEVERS:
         queue = ctx.Queue()
-        p = ctx.Process(target=lever_child, args=(setting, micro_tokens, compiled, cfg.train_steps, cfg.model,
-                                                  device, queue))
+        p = ctx.Process(target=lever_child, args=(*lever, cfg.train_steps, cfg.model, device, queue))
         p.start()
         out.append(queue.get())
         p.join()
@@ -214,10 +219,11 @@ def render_table(b):
                   "passes compute."]
     if b.get("levers"):
         lines += ["", "Training levers (full finetuning, batch 8, each in a fresh process):", "",
-                  "| rows | mean tokens | --micro-tokens | torch.compile | tokens/s | peak memory (GiB) "
+                  "| rows | mean tokens | --micro-tokens | torch.compile | allocator | tokens/s | peak memory (GiB) "
                   "| warm-up step (s) |",
-                  "|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {v['setting']} | {v['mean_seq']} | {v['micro_tokens']} | {'yes' if v['compiled'] else 'no'} | "
+                  f"{'tuned' if v.get('allocator_tuned', False) else 'glibc defaults'} | "
                   f"{v['tokens_s']} | {v['peak_memory_gib']} | {v['warmup_s']} |" for v in b["levers"]]
     if b["stages"]:
         names = list(dict.fromkeys(k for v in b["stages"].values() for k in v["stages_s"]))
@@ -240,6 +246,7 @@ def render_table(b):
 
 def main():
     cfg = parse_config(Config, __doc__)
+    ff.tune_allocator()  # as ff.py and eval.py do
     t_all = time.time()
     device, _, _, _ = ff.setup_device(cfg.device)
     fcfg = ff.Config(model=cfg.model, device=device)

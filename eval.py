@@ -509,6 +509,7 @@ def main():
     data_info, filt = read_json(run / "data.json"), read_json(run / "filter.json")
     scorer_name, scorer = load_scorer(cfg.scorer) if "toxicity" in sets else (None, None)
     device, _, _, _ = ff.setup_device(cfg.device)
+    ff.tune_allocator()
     conds = conditions(filt["config"]["signals"], cfg.self_correct and any(k in SC_CUES for k in sets))
     print(f"evaluating {list(conds)} on " + ", ".join(f"{len(v)} {k} items" for k, v in sets.items())
           + (f" | scorer {scorer_name}" if scorer_name else ""))

@@ -52,13 +52,14 @@ def test_generation_reads_the_target_nll_off_the_prompt_cache(tokenizer):
     """score()'s NLL comes from generate(): the targets run on top of the left-padded prompts' KV cache. It must
     equal the plain one-pass target_nll, also where encode() truncates, and leave the generations unchanged."""
     model = make_tiny(tokenizer, newline_bias=50.0)
-    for max_len in (256, 12):  # 12 cuts the longer examples inside their target
+    examples = EXAMPLES * 4  # a batch of more than 8 rows: the cross-entropy runs 8 rows at a time
+    for max_len, batch_size in ((256, 3), (12, 3), (256, len(examples))):  # 12 cuts some targets short
         cfg = ff.Config(max_len=max_len)
-        prompts = [render(e) for e in EXAMPLES]
-        gens, nll = ff.generate(model, tokenizer, prompts, 9, batch_size=3,
-                                targets=[ff.target_ids(tokenizer, e, max_len) for e in EXAMPLES])
+        prompts = [render(e) for e in examples]
+        gens, nll = ff.generate(model, tokenizer, prompts, 9, batch_size=batch_size,
+                                targets=[ff.target_ids(tokenizer, e, max_len) for e in examples])
         assert gens == ff.generate(model, tokenizer, prompts, 9, batch_size=3)
-        assert torch.allclose(torch.tensor(nll), torch.tensor(ff.target_nll(model, tokenizer, EXAMPLES, cfg)),
+        assert torch.allclose(torch.tensor(nll), torch.tensor(ff.target_nll(model, tokenizer, examples, cfg)),
                               atol=1e-4, equal_nan=True)
 
 
