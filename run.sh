@@ -30,7 +30,7 @@ if $PY -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
            --batch-size 32 --micro-tokens 8192 --gen-batch-size 64 --max-new-tokens-text 64 --max-new-tokens-qa 96)
   EVAL_ARGS=(--gen-batch-size 64 --max-new-tokens 64)
 else
-  # CPU default (2 cores): toxicity at full size (N 160, t = 10/25/50; about 20 min). BBQ prompts are 2.5x longer
+  # CPU default (2 cores): toxicity at full size (N 160, t = 10/25/50; about 18 min). BBQ prompts are 2.5x longer
   # than toxicity texts, so bias, harmfulness and mixed are cut to N 96 and t = 10/25 (see README for times).
   DATA_ARGS=()
   FF_ARGS=()
@@ -45,8 +45,8 @@ for concept in "${SETTINGS[@]}"; do
   # 1) the noisy mixture (50% unsafe), the safety set and the held-out evaluation sets     (seconds)
   $PY data.py --concept "$concept" --out "$RUN" "${DATA_ARGS[@]}" "${CUT_DATA[@]}"
   # 2) Algorithm 1: M1 = M0 + D_noisy; safety finetuning t = 10/25/50 steps; forgetting per example; one filter
-  #    per signal; FF = M0 + D_kept. Also the control (the same safety finetuning applied to M0) (CPU: 13-20 min)
+  #    per signal; FF = M0 + D_kept. Also the control (the same safety finetuning applied to M0) (CPU: 10-19 min)
   $PY ff.py --run "$RUN" --phi 0.1 --phi-nll 0.5 "${FF_ARGS[@]}" "${CUT_FF[@]}"
-  # 3) safety metrics and SQuAD for M0, +Downstream, +SafetyFT, FF, SC, FF+SC; the report   (CPU: 3-7 min)
+  # 3) safety metrics and SQuAD for M0, +Downstream, +SafetyFT, FF, SC, FF+SC; the report   (CPU: 3-6 min)
   $PY eval.py --run "$RUN" --started "$START" "${EVAL_ARGS[@]}"
 done
