@@ -456,7 +456,6 @@ def continuation_nll(model, prefill, mask, pos, targets):
         # a few rows at a time: the log-softmax of all [rows, T, vocab] logits at once would double their memory
         tok_nll.append(torch.cat([ce(logits[r:r + 8].flatten(0, 1), y[r:r + 8, 1:].flatten()).view(-1, T - 1)
                                   for r in range(0, len(targets), 8)]))
-        del logits
     tok_nll, n = torch.cat(tok_nll, dim=1).sum(1).tolist(), (y >= 0).sum(1).tolist()
     return [s / k if k else float("nan") for s, k in zip(tok_nll, n)]
 
@@ -626,14 +625,21 @@ def filter_metrics(rows, phis, ts, filter_t):
     return out
 
 
+def glibc():
+    """The C library when it is glibc (whose allocator the two functions below tune), else None."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+    except OSError:
+        return None
+
+
 def release_memory():
     """Give freed heap pages back to the OS: glibc keeps them otherwise, and the resident size creeps up stage after
     stage as tensors of ever different shapes come and go."""
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
+    if libc := glibc():
+        libc.malloc_trim(0)
 
 
 def tune_allocator():
@@ -642,12 +648,9 @@ def tune_allocator():
     pass faults in and zero-fills the same pages again: a tenth of the CPU time went to the kernel. With both
     thresholds at 1 GiB, training runs 10-20 % faster on 2 cores (bench.py's allocator lever) and the heap holds
     a few hundred MB more at its peak; release_memory() still gives it all back between stages. Not glibc: no-op."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
+    if libc := glibc():
         libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
         libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass
 
 
 def peak_memory_gib():
