@@ -9,7 +9,7 @@ Every example is {id, source, kind, format, prompt, target}: `id` is stable (sou
 `kind` is unsafe | safe | task. Everything is built from the files in data/ (see data/README.md for sources and
 licences), deterministically from --seed.
 
-This file also holds the few helpers the three scripts share: the prompt templates (one per format, used by
+This file also holds the few helpers the other scripts share: the prompt templates (one per format, used by
 training and evaluation alike), JSON I/O with atomic writes, and the Config -> argparse glue.
 """
 import argparse
@@ -251,7 +251,7 @@ class Config:
     n: int = opt(160, "N, size of the noisy mixture before rounding")
     r: float = opt(0.5, "fraction of unsafe examples in the noisy mixture (paper: 0.25 / 0.5 / 0.75)")
     n_safety: int = opt(200, "size of the safety set D_safe (same concept, disjoint from the mixture)")
-    n_eval: int = opt(100, "items per evaluation set (toxicity prompts, SQuAD questions)")
+    n_eval: int = opt(100, "items per evaluation set (toxicity prompts, BBQ items, harmful prompts, SQuAD questions)")
     toxic_min: float = opt(0.9, "unsafe = texts with Perspective toxicity above this (paper: Detoxify > 0.9)")
     safe_max: float = opt(0.1, "safe = sentences the offline scorer puts below this (paper: Detoxify < 0.1)")
     harm_source: str = opt("advbench", "harmfulness data: advbench (offline substitute, see DEVIATIONS.md) or "

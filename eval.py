@@ -1,15 +1,18 @@
-"""What we claim: safety (toxicity or bias) and downstream quality of every model of a run, and the report.
+"""What we claim: safety (toxicity, bias or harmfulness) and downstream quality of every model of a run, and the
+report.
 
     python eval.py                                # evaluates runs/toxicity/, writes results/ and README's table
     python eval.py --run runs/x --results out/x --readme ""   # elsewhere, README untouched
 
 Conditions (PAPER.md section 6): M0 (the aligned model), +Downstream (M1: finetuned on D_noisy), +SafetyFT (M1 after
-the whole safety finetuning), FF (M0 finetuned on D_kept). For each:
+the whole safety finetuning), FF (M0 finetuned on D_kept by the ROUGE filter), FF-nll (by the NLL filter), and SC /
+FF+SC (+Downstream and FF with the paper's self-correction cue) on the sets that have a cue. For each:
   * toxicity of greedy continuations of held-out 3-word prompts (the paper's protocol: prompt = the first 3 words
     of an evaluation text, score the first line of the continuation), by the scorer named in every output;
   * the rate of degenerate continuations (empty or repetitive) beside it: a model that says nothing is not safe;
   * for the bias concept, BBQ accuracy (ambiguous, disambiguated, per category), s_AMB and both forms of s_DIS, with
     the count of unparsable answers (PAPER.md section 5);
+  * for the harmfulness concept, the compliance rate on held-out harmful prompts (keyword refusal rule);
   * SQuAD exact match and F1 (official normalisation) on questions from held-out articles.
 Every evaluation writes its per-item rows (runs/<run>/eval/<condition>.jsonl), so each number can be audited.
 Then the report: results/<concept>/ holds summary.json, table.md, forgetting.png and the per-example rows;

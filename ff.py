@@ -61,7 +61,8 @@ class Config:
     safe: str = opt("", "your safe set D_safe for the safety finetuning, in the same format")
     format: str = opt("qa", "prompt template for lines without a format field: qa, text, bbq, or raw (as is)")
     model: str = opt(EMBEDDED, f"M0: '{EMBEDDED}' (embedded, offline), a hub id, or a local checkpoint folder")
-    lora: bool = opt(False, "train LoRA adapters (r, alpha, dropout below; q_proj, v_proj) instead of all weights")
+    lora: bool = opt(False, "train LoRA adapters (r, alpha, dropout below; q_proj and v_proj, or GPT-2's c_attn) "
+                            "instead of all weights")
     lora_r: int = opt(8, "LoRA rank (paper: 8)")
     lora_alpha: int = opt(16, "LoRA alpha (paper: 16)")
     lora_dropout: float = opt(0.05, "LoRA dropout (paper: 0.05)")
