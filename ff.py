@@ -70,7 +70,8 @@ class Config:
     epochs: int = opt(5, "epochs over D_noisy for M1 and over D_kept for FF")
     batch_size: int = opt(8, "examples per optimizer step")
     micro_tokens: int = opt(256, "padded tokens per forward pass at most: each optimizer batch runs in as few passes "
-                                 "as fit (toxicity batches of 8: 1-2 passes; BBQ: 2-4); bounds the activation memory")
+                                 "as fit (toxicity batches of 8: 1-2 passes; BBQ: 2-4); bounds the activation memory "
+                                 "(512: up to 25 %% faster on 2 CPU cores for up to 0.5 GiB more)")
     grad_clip: float = opt(1.0, "clip the gradient norm to this (0 = off)")
     max_len: int = opt(256, "truncate training sequences to this many tokens")
     safety_steps: list = opt([10, 25, 50], "t: score the noisy set after each of these safety-finetuning steps")
