@@ -3,7 +3,7 @@
     python bench.py                      # embedded SmolLM2-135M-Instruct on CPU (or CUDA when present), 10-13 min on CPU
     python bench.py --official-n 2       # fewer examples for the slow official-style loop
 
-Prints a table and writes results/bench.json and results/bench.md (and README's benchmark table between its markers):
+Prints a table and writes results/bench.json, results/bench.md and README's benchmark table (between its markers):
   * scoring: ff.score's batched, early-stopped greedy generation over the whole noisy set, against the official
     code's loop (one example at a time, `generate` with max_new_tokens=500 and no line stop, first line kept) run
     on --official-n examples and scaled to the set; both as examples/s. A second check gives both loops the same
