@@ -223,7 +223,7 @@ def render_table(b):
                   "| warm-up step (s) |",
                   "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {v['setting']} | {v['mean_seq']} | {v['micro_tokens']} | {'yes' if v['compiled'] else 'no'} | "
-                  f"{'tuned' if v.get('allocator_tuned', False) else 'glibc defaults'} | "
+                  f"{'tuned' if v['allocator_tuned'] else 'glibc defaults'} | "
                   f"{v['tokens_s']} | {v['peak_memory_gib']} | {v['warmup_s']} |" for v in b["levers"]]
     if b["stages"]:
         names = list(dict.fromkeys(k for v in b["stages"].values() for k in v["stages_s"]))

@@ -647,8 +647,9 @@ def tune_allocator():
     """Keep big freed blocks in the heap. By default glibc serves every allocation over 32 MB (the logits, the
     embedding's gradient) from a fresh mmap and returns free heap tops over 128 KB to the kernel, so each training
     pass faults in and zero-fills the same pages again: a tenth of the CPU time went to the kernel. With both
-    thresholds at 1 GiB, training runs 10-20 % faster on 2 cores (bench.py's allocator lever) and the heap holds
-    a few hundred MB more at its peak; release_memory() still gives it all back between stages. Not glibc: no-op."""
+    thresholds at 1 GiB, training ran 6-12 % faster on 2 cores (bench.py's allocator lever, two runs) and the heap
+    holds a few hundred MB more at its peak; release_memory() still gives it all back between stages. Not glibc:
+    no-op."""
     if libc := glibc():
         libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
         libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD

@@ -45,8 +45,8 @@ for concept in "${SETTINGS[@]}"; do
   # 1) the noisy mixture (50% unsafe), the safety set and the held-out evaluation sets     (seconds)
   $PY data.py --concept "$concept" --out "$RUN" "${DATA_ARGS[@]}" "${CUT_DATA[@]}"
   # 2) Algorithm 1: M1 = M0 + D_noisy; safety finetuning t = 10/25/50 steps (10/25 in the CPU cut); forgetting per
-  #    example; one filter per signal; FF = M0 + D_kept. Also the control (the same safety finetuning applied to
-  #    M0)                                                                                    (CPU: 11-22 min)
+  #    example; one filter per signal; FF = M0 + D_kept. Also the control: the same safety finetuning applied
+  #    to M0                                                                                  (CPU: 11-22 min)
   $PY ff.py --run "$RUN" --phi 0.1 --phi-nll 0.5 "${FF_ARGS[@]}" "${CUT_FF[@]}"
   # 3) safety metrics and SQuAD for M0, +Downstream, +SafetyFT, FF, FF-nll, SC, FF+SC; the report (CPU: 3-6 min)
   $PY eval.py --run "$RUN" --started "$START" "${EVAL_ARGS[@]}"
