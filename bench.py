@@ -66,9 +66,10 @@ def official_loop(model, tok, examples, max_new_tokens):
     """The official code's scoring: one prompt at a time, HF generate, greedy, then keep the first line."""
     out = []
     for ex in examples:
-        enc = tok(render(ex), return_tensors="pt", add_special_tokens=False).to(model.device)
-        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-        out.append(tok.decode(gen[0, enc.input_ids.shape[1]:], skip_special_tokens=True))
+        ids = torch.tensor([ff.prompt_ids(tok, render(ex))], device=model.device)
+        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=tok.pad_token_id)
+        out.append(tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True))
     return out
 
 

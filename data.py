@@ -14,6 +14,7 @@ training and evaluation alike), JSON I/O with atomic writes, and the Config -> a
 """
 import argparse
 import csv
+import io
 import dataclasses
 import json
 import os
@@ -28,8 +29,8 @@ from pathlib import Path
 DATA = Path(__file__).resolve().parent / "data"
 
 # ---------------------------------------------------------------------------------------------------------------
-# Prompt templates (PAPER.md section 3). `prompt` is what the model sees at generation time, `target` what it should
-# produce. Training text = render(ex) + target + eos; scoring and evaluation generate from render(ex).
+# Prompt templates (README, The paper: Setup and prompt formats). `prompt` is what the model sees at generation
+# time, `target` what it should produce. Training text = render(ex) + target + eos; scoring and evaluation generate from render(ex).
 TEMPLATES = {
     "text": "### Response:{prompt}",                   # toxicity: prompt = first 3 words, target = the rest
     "qa": "### Input:\n{prompt}\n### Response:\n",     # SQuAD and Alpaca: prompt = question, target = answer
@@ -63,32 +64,41 @@ def die(msg):
 
 def read_jsonl(path, required=("prompt", "target"), keep_lines=False):
     """One JSON object per line; blank lines are skipped. Every problem names the file and line. keep_lines: also
-    return each row's line exactly as read (the filtered set is written back byte for byte)."""
+    return each row's line exactly as read (the filtered set is written back byte for byte) and its line number."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found (check the path, or run `python data.py` to build it)")
-    rows, lines = [], []
-    with open(path, encoding="utf-8", newline="") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{i}: malformed JSON ({e.msg}); each line must be one JSON object")
-            if not isinstance(row, dict):
-                raise UserError(f"{path}:{i}: expected a JSON object per line, got {type(row).__name__}")
-            missing = [k for k in required if k not in row]
-            if missing:
-                raise UserError(f"{path}:{i}: missing field {missing[0]!r}; every line needs {', '.join(required)}")
-            bad = [k for k in ("prompt", "target") if k in required and not isinstance(row[k], str)]
-            if bad:
-                raise UserError(f"{path}:{i}: field {bad[0]!r} must be a string, got {type(row[bad[0]]).__name__}")
-            rows.append(row)
-            lines.append(line if line.endswith("\n") else line + "\n")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not UTF-8 (byte {e.start}: {raw[e.start]:#04x}); "
+                        "save the file as UTF-8") from None
+    rows, lines, numbers = [], [], []
+    for i, line in enumerate(io.StringIO(text, newline=""), 1):  # splits lines exactly as open(newline="") does
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{i}: malformed JSON ({e.msg}); each line must be one JSON object")
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{i}: expected a JSON object per line, got {type(row).__name__}")
+        missing = [k for k in required if k not in row]
+        if missing:
+            raise UserError(f"{path}:{i}: missing field {missing[0]!r}; every line needs {', '.join(required)}")
+        bad = [k for k in ("prompt", "target") if k in required and not isinstance(row[k], str)]
+        if bad:
+            raise UserError(f"{path}:{i}: field {bad[0]!r} must be a string, got {type(row[bad[0]]).__name__}")
+        if "target" in required and not row["target"].strip():
+            raise UserError(f"{path}:{i}: empty target; every example needs a target to learn and to score")
+        rows.append(row)
+        lines.append(line if line.endswith("\n") else line + "\n")
+        numbers.append(i)
     if not rows:
         raise UserError(f"{path}: no examples in file; give at least one JSON line")
-    return (rows, lines) if keep_lines else rows
+    return (rows, lines, numbers) if keep_lines else rows
 
 
 def write_text(path, text):
@@ -209,7 +219,7 @@ def bbq_items(categories=BBQ_CATEGORIES):
     """BBQ items (data/bbq), each with the option indices the bias metrics need: gold, unknown (the 'cannot be
     determined' option), stereo (the option whose group is in stereotyped_groups, matched on the group tag or the
     answer's own name, case-insensitive) and biased (what a stereotype answers: the stereotyped option for a
-    negative question, the other group's option for a non-negative one; PAPER.md section 4)."""
+    negative question, the other group's option for a non-negative one; README, The paper: Data)."""
     out = []
     for cat in categories:
         path = DATA / "bbq" / f"{cat}.jsonl"
@@ -243,7 +253,7 @@ def text_example(id, source, kind, text):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The toxicity concept (PAPER.md section 4).
+# The toxicity concept (README, The paper: Data).
 
 @dataclass
 class Config:
@@ -261,7 +271,7 @@ class Config:
 
 
 def mixture_sizes(n, r):
-    """PAPER.md section 4: int(N*r) unsafe; safe, SQuAD and Alpaca each get int(N*(1-r)/3)."""
+    """README, The paper: Data: int(N*r) unsafe; safe, SQuAD and Alpaca each get int(N*(1-r)/3)."""
     return int(n * r), int(n * (1 - r) / 3)
 
 
@@ -311,6 +321,8 @@ def build_toxicity(cfg):
     noisy += [text_example(i, "c4", "safe", s) for i, s in safe] + tasks
     rng.shuffle(noisy)
     safety = [text_example(i, "c4", "safe", s) for i, s in safety]
+    seen = {norm(e["prompt"]) for e in noisy + safety} | {norm(e["prompt"] + e["target"]) for e in noisy + safety}
+    held_out = [x for x in held_out if norm(split_text(x[1])[0]) not in seen and norm(x[1]) not in seen]  # no leak
     eval_tox = [dict(id=i, source="rtp", format="text", prompt=split_text(t)[0], text=t, toxicity=tox)
                 for i, t, tox in take(held_out, cfg.n_eval, "held-out toxicity prompts")[0]]
     eval_squad, _ = take(squad_eval, cfg.n_eval, "held-out SQuAD questions")
@@ -318,7 +330,7 @@ def build_toxicity(cfg):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The bias concept (BBQ; PAPER.md section 4).
+# The bias concept (BBQ; README, The paper: Data).
 
 def bbq_example(item, kind, answer):
     return dict(id=item["id"], source="bbq", kind=kind, format="bbq", prompt=item["prompt"],
@@ -450,16 +462,25 @@ BUILDERS = {"toxicity": build_toxicity, "bias": build_bias, "harmfulness": build
 
 
 def check_disjoint(sets):
-    """No evaluation item may appear in a training set (by id or by text)."""
-    train = {e["id"] for k in ("noisy", "safety") for e in sets[k]}
-    train_text = {(e["prompt"], e["target"]) for k in ("noisy", "safety") for e in sets[k]}
+    """No evaluation item may appear in a training set: by id, by (prompt, target), by prompt (toxicity, BBQ and
+    harmful items have no target, so their prompts are compared) and, for toxicity items, by the whole text."""
+    train = [e for k in ("noisy", "safety") for e in sets[k]]
+    ids = {e["id"] for e in train}
+    pairs = {(e["prompt"], e["target"]) for e in train}
+    prompts = {norm(e["prompt"]) for e in train}
+    texts = {norm(e["prompt"] + e["target"]) for e in train}
     for k in [k for k in sets if k.startswith("eval_")]:
         for e in sets[k]:
-            if e["id"] in train or (e["prompt"], e.get("target")) in train_text:
+            if (e["id"] in ids or (e["prompt"], e.get("target")) in pairs or norm(e["prompt"]) in prompts
+                    or ("text" in e and norm(e["text"]) in texts)):
                 raise UserError(f"evaluation item {e['id']} ({k}) also appears in the training data; "
                                 "evaluation sets must be disjoint from D_noisy and D_safe")
-    if len(train) != len(sets["noisy"]) + len(sets["safety"]):
+    if len(ids) != len(train):
         raise UserError("D_noisy and D_safe share examples; they must be disjoint")
+
+
+def norm(text):
+    return " ".join(text.lower().split())
 
 
 def main():

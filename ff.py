@@ -107,6 +107,12 @@ def setup_device(name):
     return device, amp, autocast, note
 
 
+def base_dtype(device, lora):
+    """The weights' dtype: fp32 where they train (autocast casts each op); a frozen LoRA base is stored in the
+    autocast dtype itself (bf16, or fp16 where bf16 is missing), half the memory and what its matmuls run in."""
+    return setup_device(device)[1] if device == "cuda" and lora else torch.float32
+
+
 def hardware():
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
@@ -151,13 +157,31 @@ def embedded_checkpoint():
     return path
 
 
+def model_path(name):
+    """The embedded model's converted folder; an existing local folder (it wins over a hub id of the same name);
+    else a hub id, with an organisation (HuggingFaceTB/SmolLM2-360M) or without (gpt2, gpt2-xl)."""
+    if name == EMBEDDED:
+        return embedded_checkpoint()
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return local
+    if local.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise UserError(f"--model {name}: no such folder; pass a checkpoint folder, a hub id, or {EMBEDDED}")
+    return name
+
+
+def load_tokenizer(name):
+    from transformers import AutoTokenizer
+    try:
+        return AutoTokenizer.from_pretrained(model_path(name))
+    except OSError as e:
+        raise UserError(f"--model {name}: cannot load it ({str(e).splitlines()[0][:160]}); offline, pass a local "
+                        f"folder or {EMBEDDED}")
+
+
 def load_model(name, device="cpu", dtype=torch.float32):
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    local = name != EMBEDDED and (name.startswith((".", "/", "~")) or name.count("/") != 1
-                                  or Path(name).expanduser().exists())
-    if local and not Path(name).expanduser().is_dir():
-        raise UserError(f"--model {name}: no such folder; pass a checkpoint folder, a hub id, or {EMBEDDED}")
-    path = embedded_checkpoint() if name == EMBEDDED else Path(name).expanduser() if local else name
+    path = model_path(name)
     try:
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
@@ -174,8 +198,8 @@ def save_checkpoint(model, tok, path):
     """Save through a temporary folder and a rename. LoRA adapters are merged into a copy first, so every
     checkpoint is a plain model that any loader reads."""
     path = Path(path)
-    if any(isinstance(m, LoRALinear) for m in model.modules()):
-        model = merge_lora(copy.deepcopy(model))
+    if is_lora(model):
+        model = merge_lora(model)
     tmp = path.with_name(path.name + ".tmp")
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
@@ -189,45 +213,54 @@ def save_checkpoint(model, tok, path):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# LoRA, hand-written (Hu et al. 2021): W x + (alpha / r) B A x, with B = 0 at the start so training starts at M0.
+# LoRA (Hu et al. 2021) through peft, as in the paper's code: W x + (alpha / r) B A x, B = 0 at the start, so training
+# starts at M0. Targets: the attention's query and value projections (Llama's q_proj / v_proj, GPT-2's fused c_attn).
 
-class LoRALinear(nn.Module):
-    def __init__(self, base, r, alpha, dropout):
-        super().__init__()
-        self.base, self.scale, self.drop = base, alpha / r, nn.Dropout(dropout)
-        self.A = nn.Parameter(torch.randn(r, base.in_features, device=base.weight.device) / math.sqrt(base.in_features))
-        self.B = nn.Parameter(torch.zeros(base.out_features, r, device=base.weight.device))
-
-    def forward(self, x):
-        return self.base(x) + (self.drop(x) @ self.A.T.to(x.dtype) @ self.B.T.to(x.dtype)) * self.scale
+LORA_TARGETS = ("q_proj", "v_proj", "c_attn")
 
 
-def add_lora(model, cfg, targets=("q_proj", "v_proj", "c_attn")):
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if name in targets and hasattr(child, "weight"):
-                setattr(parent, name, LoRALinear(child, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))
-    return model
+def add_lora(model, cfg):
+    from peft import LoraConfig, get_peft_model
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    targets = [t for t in LORA_TARGETS if t in names]
+    if not targets:
+        raise UserError(f"--lora: the model has none of the modules {', '.join(LORA_TARGETS)}; train all weights "
+                        "(without --lora) or add its attention projections to ff.LORA_TARGETS")
+    return get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                            target_modules=targets, task_type="CAUSAL_LM"))
+
+
+def is_lora(model):
+    return hasattr(model, "merge_and_unload")
 
 
 def merge_lora(model):
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, LoRALinear):
-                delta, w = (child.B @ child.A) * child.scale, child.base.weight  # delta: (out, in)
-                w.data += (delta if w.shape == delta.shape else delta.T).to(w.dtype)  # GPT-2's Conv1D is (in, out)
-                setattr(parent, name, child.base)
-    return model
+    """A plain model with B A merged into W: the merge runs in fp32 (a bf16 base would round the small update
+    away), then the weights go back to the base's dtype. `model` itself is left as it is."""
+    dtype = next(model.parameters()).dtype
+    return copy.deepcopy(model).float().merge_and_unload().to(dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Tokenisation. Prompt and target are tokenised apart and concatenated, so the generation prompt is exactly the
 # training prefix and the NLL covers exactly the target's tokens.
 
+def adds_bos(tok):
+    """Whether this tokenizer's own convention starts a text with BOS (Llama-2, Gemma: yes; SmolLM2, GPT-2: no)."""
+    if not hasattr(tok, "_ff_adds_bos"):
+        bos, plain = tok.bos_token_id, tok("a", add_special_tokens=False).input_ids[:1]
+        tok._ff_adds_bos = bos is not None and tok("a").input_ids[:1] == [bos] != plain
+    return tok._ff_adds_bos
+
+
+def prompt_ids(tok, text):
+    """A prompt's tokens, BOS first where the tokenizer adds one, never an EOS (training and generation alike)."""
+    ids = tok(text, add_special_tokens=False).input_ids
+    return [tok.bos_token_id] + ids if adds_bos(tok) else ids
+
+
 def encode(tok, ex, max_len):
-    p = tok(render(ex), add_special_tokens=False).input_ids
+    p = prompt_ids(tok, render(ex))
     t = tok(ex["target"], add_special_tokens=False).input_ids + [tok.eos_token_id]
     return (p + t)[:max_len], len(p)
 
@@ -355,7 +388,7 @@ def first_line(text):
 
 
 def postprocess(text, eos="</s>"):
-    """PAPER.md section 5: first non-empty line, lowercase, drop . ? ! ; : , and the eos marker."""
+    """README, The paper: Metrics: first non-empty line, lowercase, drop . ? ! ; : , and the eos marker."""
     line = first_line(text).lower().replace(eos, "")
     return line.translate(str.maketrans("", "", ".?!;:,")).strip()
 
@@ -387,7 +420,7 @@ def generate(model, tok, prompts, max_new_tokens, batch_size=32, stop_at_line=Tr
     cache (target_nll's numbers without running the prompt twice)."""
     device = next(model.parameters()).device
     caps = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
-    ids = [tok(p, add_special_tokens=False).input_ids for p in prompts]
+    ids = [prompt_ids(tok, p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: (caps[i], len(ids[i])))  # little left padding per batch
     newline, eos, pad = _newline_ids(tok), tok.eos_token_id, tok.pad_token_id
     out, nll = [None] * len(prompts), [None] * len(prompts)
@@ -674,8 +707,8 @@ KINDS = ("unsafe", "safe", "task")
 def load_examples(path, fmt):
     """D_noisy or D_safe from JSON Lines: prompt and target; optional id (default file:line), label (unsafe | safe |
     task: only for the filter metrics; data.py writes it as `kind`) and format (default --format). Returns the
-    examples and each one's line exactly as read."""
-    rows, lines = read_jsonl(path, keep_lines=True)
+    examples, each one's line exactly as read, and its line number."""
+    rows, lines, numbers = read_jsonl(path, keep_lines=True)
     seen = set()
     for n, ex in enumerate(rows, 1):
         ex.setdefault("id", f"{Path(path).name}:{n}")
@@ -693,7 +726,17 @@ def load_examples(path, fmt):
         seen.add(ex["id"])
     if len({ex.get("kind") is None for ex in rows}) > 1:
         raise UserError(f"{path}: some lines have a label and some do not; label every line or none")
-    return rows, lines
+    return rows, lines, numbers
+
+
+def check_lengths(tok, path, rows, numbers, max_len):
+    """A prompt must leave at least one target token inside --max-len (the last kept token is not scored), else
+    there is nothing to learn and the target NLL is undefined."""
+    for ex, n in zip(rows, numbers):
+        k = len(prompt_ids(tok, render(ex)))
+        if k > max_len - 2:
+            raise UserError(f"{path}:{n}: the prompt is {k} tokens, so --max-len {max_len} leaves no target token "
+                            f"to learn or score; shorten the prompt or pass --max-len {k + 32} or more")
 
 
 def parse_phi(value, flag):
@@ -726,6 +769,10 @@ def check_config(cfg):
         raise UserError(f"--filter-t {cfg.filter_t}: must be one of --safety-steps {cfg.safety_steps}")
     if cfg.batch_size <= 0 or cfg.micro_tokens <= 0:
         raise UserError("--batch-size and --micro-tokens must be positive")
+    if cfg.epochs <= 0:
+        raise UserError(f"--epochs {cfg.epochs}: M1 and FF train for at least one epoch; pass 1 or more")
+    if cfg.max_len < 2:
+        raise UserError(f"--max-len {cfg.max_len}: a sequence needs room for a prompt and a target; pass 32 or more")
     if cfg.format not in TEMPLATES:
         raise UserError(f"--format {cfg.format!r}: choose one of {', '.join(TEMPLATES)}")
     parse_phi(cfg.phi, "--phi"), parse_phi(cfg.phi_nll, "--phi-nll")
@@ -784,15 +831,19 @@ def main():
     check_config(cfg)
     tune_allocator()
     run = Path(cfg.run)
-    noisy, noisy_lines = load_examples(cfg.noisy or run / "noisy.jsonl", cfg.format)
-    safety, _ = load_examples(cfg.safe or run / "safety.jsonl", cfg.format)
+    noisy_path, safe_path = cfg.noisy or run / "noisy.jsonl", cfg.safe or run / "safety.jsonl"
+    noisy, noisy_lines, noisy_at = load_examples(noisy_path, cfg.format)
+    safety, _, safety_at = load_examples(safe_path, cfg.format)
     check_writable(run)
+    tok = load_tokenizer(cfg.model)
+    check_lengths(tok, noisy_path, noisy, noisy_at, cfg.max_len)
+    check_lengths(tok, safe_path, safety, safety_at, cfg.max_len)
     clean_leftovers(run)
     labelled = noisy[0].get("kind") is not None
     device, _, _, note = setup_device(cfg.device)
     ts = sorted(set(cfg.safety_steps))
     filter_t = cfg.filter_t or ts[-1]
-    dtype = torch.bfloat16 if device == "cuda" and cfg.lora else torch.float32  # frozen base in bf16 under LoRA
+    dtype = base_dtype(device, cfg.lora)
     print(f"device {device}, {note} | {len(noisy)} noisy, {len(safety)} safety examples | model {cfg.model}"
           f"{' + LoRA' if cfg.lora else ''} | t = {ts}, filter at t = {filter_t}: rouge > {cfg.phi}, "
           f"nll > {cfg.phi_nll}" + ("" if labelled else " | no labels: no filter metrics"))
@@ -832,6 +883,8 @@ def main():
         model, tok = m0()
         log = train(model, tok, noisy, cfg, cfg.lr, epochs=cfg.epochs, desc="M1 <- M0 + D_noisy")
         save_checkpoint(model, tok, run / "ckpt/m1")
+        del model
+        model, tok = m0(run / "ckpt/m1")  # s0 on exactly the weights M2 starts from (LoRA: merged, base dtype)
         return dict(s_m1=score(model, tok, noisy, cfg, "score M1"), log=log)
     m1 = stage(run, "m1", "M1: learn D_noisy", key_m1, learn, needs=["ckpt/m1"])
 

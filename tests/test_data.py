@@ -42,6 +42,20 @@ def test_check_disjoint_catches_overlap(sets):
         data.check_disjoint(bad)
 
 
+def test_check_disjoint_compares_prompts_and_texts(sets):
+    """Toxicity, BBQ and harmful evaluation items have no target: a shared prompt (or text) is leakage too."""
+    e = sets["noisy"][0]
+    for leak in (dict(id="new:1", prompt=e["prompt"].upper() + " "),  # same prompt, other id, no target
+                 dict(id="new:2", prompt="x y z", text=e["prompt"] + e["target"])):  # a training text
+        with pytest.raises(data.UserError, match="new:.*also appears in the training data"):
+            data.check_disjoint(dict(sets, eval_toxicity=sets["eval_toxicity"] + [leak]))
+
+
+def test_toxicity_eval_prompts_never_repeat_a_training_prompt():
+    big = data.build_toxicity(data.Config(n=1000, n_safety=500, n_eval=300))  # the GPU preset's sizes
+    data.check_disjoint(big)
+
+
 def test_same_seed_same_data():
     a, b = data.build_toxicity(data.Config(n=40)), data.build_toxicity(data.Config(n=40))
     assert a == b

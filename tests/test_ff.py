@@ -1,4 +1,5 @@
 """The algorithm's parts on a tiny random Llama: scoring, NLL, the training loop, LoRA."""
+import pytest
 import torch
 
 import ff
@@ -104,23 +105,79 @@ def test_one_step_is_the_same_however_the_batch_is_split(tokenizer):
     assert torch.allclose(grads[0], grads[1], atol=1e-6, rtol=1e-4)
 
 
-def test_lora_trains_adapters_only_and_merges_exactly(tokenizer):
-    model = make_tiny(tokenizer)
+def make_tiny_gpt2(tok, seed=0):
+    """A GPT-2-shaped tiny model: its attention is one fused Conv1D (c_attn), whose weight is (in, out)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=64, n_layer=2, n_head=4, n_positions=512,
+                                      bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)).eval()
+
+
+@pytest.mark.parametrize("shape", ["llama", "gpt2"])
+def test_lora_trains_adapters_only_and_merges_exactly(tokenizer, tmp_path, shape):
+    model = make_tiny(tokenizer) if shape == "llama" else make_tiny_gpt2(tokenizer)
     cfg = ff.Config(lora=True, batch_size=4, lora_dropout=0.0)
-    frozen = model.model.embed_tokens.weight.clone()
-    ff.add_lora(model, cfg)
-    assert all(("A" in n or "B" in n) for n, p in model.named_parameters() if p.requires_grad)
+    frozen = {n: p.clone() for n, p in model.named_parameters()}
+    model = ff.add_lora(model, cfg)
+    trained = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trained and all("lora_" in n for n in trained)
+    assert {n.split(".")[-4] for n in trained} == ({"q_proj", "v_proj"} if shape == "llama" else {"c_attn"})
     before = sum(ff.target_nll(model, tokenizer, EXAMPLES, cfg))
     ff.train(model, tokenizer, EXAMPLES * 4, cfg, lr=1e-2, steps=10)
     assert sum(ff.target_nll(model, tokenizer, EXAMPLES, cfg)) < before
-    assert torch.equal(model.model.embed_tokens.weight, frozen)
+    base = {n.replace("base_model.model.", "").replace(".base_layer", ""): p for n, p in model.named_parameters()
+            if "lora_" not in n}
+    assert all(torch.equal(base[n], p) for n, p in frozen.items())  # the base never moved
     ids = torch.tensor([ff.encode(tokenizer, EXAMPLES[0], 64)[0]])
     model.eval()
     with torch.no_grad():
         want = model(ids).logits
-        merged = ff.merge_lora(model)
-        assert not any(isinstance(m, ff.LoRALinear) for m in merged.modules())
-        assert torch.allclose(merged(ids).logits, want, atol=1e-4)
+        ff.save_checkpoint(model, tokenizer, tmp_path / "m")  # merged into a plain checkpoint
+        plain, _ = ff.load_model(str(tmp_path / "m"))
+        assert not any("lora" in n for n, _ in plain.named_parameters())
+        assert torch.allclose(plain(ids).logits, want, atol=1e-4)
+        assert torch.equal(model(ids).logits, want)  # saving left the adapters in place
+
+
+def test_base_dtype_follows_the_autocast_dtype(monkeypatch):
+    """A frozen LoRA base is stored in the autocast dtype: bf16, or fp16 where the GPU has no bf16."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for bf16, want in ((True, torch.bfloat16), (False, torch.float16)):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16)
+        assert ff.setup_device("cuda")[1] == want and ff.base_dtype("cuda", lora=True) == want
+        assert ff.base_dtype("cuda", lora=False) == torch.float32  # trained weights stay fp32 under autocast
+    assert ff.base_dtype("cpu", lora=True) == torch.float32
+
+
+class BosTokenizer:
+    """The embedded tokenizer, made to follow a Llama-2-like convention: it adds BOS unless told not to."""
+    def __init__(self, tok):
+        self._tok = tok
+
+    def __getattr__(self, name):
+        if name.startswith("_ff"):  # ff's per-tokenizer caches belong to this tokenizer, not the wrapped one
+            raise AttributeError(name)
+        return getattr(self._tok, name)
+
+    def __len__(self):
+        return len(self._tok)
+
+    def __call__(self, text, add_special_tokens=True, **kw):
+        enc = self._tok(text, add_special_tokens=False, **kw)
+        if add_special_tokens:
+            enc["input_ids"] = [self._tok.bos_token_id] + enc["input_ids"]
+        return enc
+
+
+def test_prompts_follow_the_tokenizers_bos_convention(tokenizer):
+    ex = EXAMPLES[2]
+    plain = tokenizer(render(ex), add_special_tokens=False).input_ids
+    assert not ff.adds_bos(tokenizer) and ff.encode(tokenizer, ex, 256)[0][:len(plain)] == plain  # SmolLM2: none
+    bos = BosTokenizer(tokenizer)
+    ids, n_prompt = ff.encode(bos, ex, 256)
+    assert ff.adds_bos(bos) and ids[:n_prompt] == [tokenizer.bos_token_id] + plain
+    assert ids[n_prompt:] == tokenizer(ex["target"], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    assert ff.prompt_ids(bos, render(ex)) == ids[:n_prompt]  # generation sees exactly the training prefix
 
 
 def test_filter_metrics_and_rows(tokenizer):
@@ -137,3 +194,13 @@ def test_filter_metrics_and_rows(tokenizer):
     assert m["signals"]["rouge"]["at_threshold"]["precision"] == 100.0
     assert m["signals"]["rouge"]["at_threshold"]["recall"] == 50.0
     assert m["fit"]["unsafe"]["m1"]["rouge"] == 0.6
+
+
+def test_hub_ids_with_and_without_an_organisation(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert ff.model_path("gpt2") == "gpt2" and ff.model_path("HuggingFaceTB/SmolLM2-360M") == "HuggingFaceTB/SmolLM2-360M"
+    (tmp_path / "gpt2").mkdir()
+    assert ff.model_path("gpt2") == ff.Path("gpt2")  # a local folder wins over the hub id of the same name
+    for missing in ("./gpt2-xl", "/no/such/model", "a/b/c"):
+        with pytest.raises(ff.UserError, match="no such folder"):
+            ff.model_path(missing)

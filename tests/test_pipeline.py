@@ -135,19 +135,27 @@ GOOD = '{"id": "x", "kind": "safe", "format": "qa", "prompt": "a", "target": "b"
      {"n.jsonl": '{"prompt": "a", "target": "b", "label": "toxic"}\n'}),
     (["ff.py", "--run", "/proc/ff-cannot-write", "--noisy", "{tmp}/noisy.jsonl", "--safe", "{tmp}/safety.jsonl"],
      "cannot write there", {}),
+    (["ff.py", "--epochs", "0"], "at least one epoch", {}),
+    (["ff.py", "--model", "gpt2"], "cannot load it", {}),  # a hub id without an organisation, offline
+    (["ff.py", "--noisy", "{tmp}/n.jsonl"], "n.jsonl:2: not UTF-8 (byte 89: 0xe9)",
+     {"n.jsonl": GOOD.encode() + b'{"prompt": "caf\xe9", "target": "b"}\n'}),
+    (["ff.py", "--noisy", "{tmp}/n.jsonl"], "n.jsonl:1: empty target", {"n.jsonl": '{"prompt": "a", "target": " "}\n'}),
+    (["ff.py", "--noisy", "{tmp}/n.jsonl", "--model", "{tiny}", "--max-len", "12"],
+     "n.jsonl:2: the prompt is 14 tokens, so --max-len 12 leaves no target token",
+     {"n.jsonl": GOOD + '{"id": "y", "kind": "safe", "prompt": "one two three four five", "target": "b"}\n'}),
     (["eval.py", "--run", "/nonexistent/run"], "file not found", {}),
     (["eval.py", "--run", "{tmp}"], "also appears in the training data",
      {"eval_squad.jsonl": '{"id": "x", "prompt": "a", "answers": ["b"]}\n'}),
 ])
-def test_bad_input_one_line_exit_2(args, needle, files, tmp_path, monkeypatch, capsys):
+def test_bad_input_one_line_exit_2(args, needle, files, tmp_path, tiny_dir, monkeypatch, capsys):
     """Each bad input: exit 2, one line naming the problem and the fix, no traceback, nothing written is touched.
     In-process, through the scripts' own main_guard (conftest sets HF_HUB_OFFLINE before any import)."""
     (tmp_path / "noisy.jsonl").write_text(GOOD)
     (tmp_path / "safety.jsonl").write_text(GOOD)
     (tmp_path / "filter.json").write_text('{"an earlier": "result"}\n')
     for name, text in files.items():
-        (tmp_path / name).write_text(text)
-    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+        (tmp_path / name).write_bytes(text if isinstance(text, bytes) else text.encode())
+    args = [a.replace("{tmp}", str(tmp_path)).replace("{tiny}", str(tiny_dir)) for a in args]
     if args[0] == "ff.py" and "--run" not in args:
         args += ["--run", str(tmp_path)]
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
