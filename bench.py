@@ -12,7 +12,7 @@ Prints a table and writes results/bench.json, results/bench.md and README's benc
     here (FLOPs per token: 6 N full, 4 N LoRA (no weight gradients), plus attention 12 * layers * d * seq).
   * levers: training tokens/s and peak memory at --micro-tokens 256 (the default) / 512 / 1024 on short toxicity
     rows and on BBQ rows (2-2.5x longer; mean tokens in the table), with torch.compile, and with glibc's allocator
-    defaults (not ff.tune_allocator), each in a fresh process so that its peak memory is its own.
+    defaults (not tune_allocator), each in a fresh process so that its peak memory is its own.
   * stages: wall time and peak memory of each stage of the committed reference runs (results/<setting>/summary.json).
 """
 import dataclasses
@@ -25,13 +25,16 @@ from pathlib import Path
 import torch
 
 import ff
-from data import (BUILDERS, Config as DataConfig, build_toxicity, main_guard, opt, parse_config, read_json, render,
-                  write_json, write_text)
+from common import (main_guard, opt, parse_config, peak_memory_gib, read_json, release_memory, tune_allocator,
+                    write_json, write_text)
+from data import BUILDERS, Config as DataConfig, build_toxicity, render
+from model import (EMBEDDED, add_lora, encode, generate, hardware, length_grouped_batches, load_model, prompt_ids,
+                   setup, token_budget_split)
 
 
 @dataclass
 class Config:
-    model: str = opt(ff.EMBEDDED, "model to measure (as ff.py --model)")
+    model: str = opt(EMBEDDED, "model to measure (as ff.py --model)")
     official_n: int = opt(4, "examples for the official-style loop (500 new tokens each, one at a time)")
     equal_n: int = opt(32, "examples for the same-cap ROUGE-1 check of both loops")
     train_steps: int = opt(6, "measured optimizer steps per training mode (after one warm-up step)")
@@ -66,7 +69,7 @@ def official_loop(model, tok, examples, max_new_tokens):
     """The official code's scoring: one prompt at a time, HF generate, greedy, then keep the first line."""
     out = []
     for ex in examples:
-        ids = torch.tensor([ff.prompt_ids(tok, render(ex))], device=model.device)
+        ids = torch.tensor([prompt_ids(tok, render(ex))], device=model.device)
         gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                              do_sample=False, pad_token_id=tok.pad_token_id)
         out.append(tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True))
@@ -88,7 +91,7 @@ def bench_scoring(model, tok, noisy, cfg, fcfg, device):
     # Same cap for both: every example's ROUGE-1 must agree.
     eq = noisy[:cfg.equal_n]
     caps = ff.caps_for(eq, fcfg)
-    ours = ff.generate(model, tok, [render(x) for x in eq], caps, fcfg.gen_batch_size)
+    ours = generate(model, tok, [render(x) for x in eq], caps, fcfg.gen_batch_size)
     theirs = [official_loop(model, tok, [x], c)[0] for x, c in zip(eq, caps)]
     same = sum(ff.rouge1(x["target"], a) == ff.rouge1(x["target"], b) for x, a, b in zip(eq, ours, theirs))
     return dict(n=len(noisy), ours_s=round(ours_s, 1), ours_examples_s=round(len(noisy) / ours_s, 2),
@@ -108,9 +111,9 @@ def bench_training(cfg, fcfg, noisy, device, peak):
     out = {}
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     for mode in ("full", "lora"):
-        model, tok = ff.load_model(cfg.model, device, dtype if mode == "lora" else torch.float32)
+        model, tok = load_model(cfg.model, device, dtype if mode == "lora" else torch.float32)
         if mode == "lora":
-            model = ff.add_lora(model, fcfg)
+            model = add_lora(model, fcfg)
         ff.train(model, tok, noisy, fcfg, 1e-5, steps=1, desc=f"{mode}: warm-up")
         sync(device)
         log = ff.train(model, tok, noisy, fcfg, 1e-5, steps=cfg.train_steps, desc=f"{mode}: measured")
@@ -123,7 +126,7 @@ def bench_training(cfg, fcfg, noisy, device, peak):
         if mode == "full" and device == "cpu":
             out["breakdown"] = training_breakdown(model, tok, noisy, fcfg, peak)
         del model
-        ff.release_memory()
+        release_memory()
     return out
 
 
@@ -139,9 +142,9 @@ def training_breakdown(model, tok, noisy, fcfg, peak, steps=2):
     mm = [e for e in ops if e.key in ("aten::mm", "aten::addmm", "aten::bmm")]
     mm_us = sum(e.self_cpu_time_total for e in mm)
     adam_us = sum(e.self_cpu_time_total for e in ops if "adam" in e.key.lower())
-    lengths = [len(ff.encode(tok, ex, fcfg.max_len)[0]) for ex in noisy]
-    passes = [p for b in ff.length_grouped_batches(lengths, fcfg.batch_size, random.Random(fcfg.seed))
-              for p in ff.token_budget_split(b, lengths, fcfg.micro_tokens)]
+    lengths = [len(encode(tok, ex, fcfg.max_len)[0]) for ex in noisy]
+    passes = [p for b in length_grouped_batches(lengths, fcfg.batch_size, random.Random(fcfg.seed))
+              for p in token_budget_split(b, lengths, fcfg.micro_tokens)]
     padded = sum(len(p) * max(lengths[i] for i in p) for p in passes)
     return dict(matmul_time_share=round(100 * mm_us / total, 1),
                 matmul_utilisation=round(100 * sum(e.flops for e in mm) / (mm_us / 1e6) / peak, 1),
@@ -150,7 +153,7 @@ def training_breakdown(model, tok, noisy, fcfg, peak, steps=2):
                 padding_share=round(100 * (1 - sum(lengths) / padded), 1), profiled_steps=steps)
 
 
-# (rows, --micro-tokens, torch.compile, ff.tune_allocator)
+# (rows, --micro-tokens, torch.compile, common.tune_allocator)
 LEVERS = [("toxicity", 256, False, True), ("toxicity", 512, False, True), ("toxicity", 1024, False, True),
           ("toxicity", 256, True, True), ("toxicity", 256, False, False),
           ("bias", 256, False, True), ("bias", 512, False, True), ("bias", 1024, False, True)]
@@ -159,10 +162,10 @@ LEVERS = [("toxicity", 256, False, True), ("toxicity", 512, False, True), ("toxi
 def lever_child(setting, micro_tokens, compiled, tuned, steps, model_name, device, queue):
     """One lever, in a fresh (spawned) process: load, warm up one step (where torch.compile compiles), measure."""
     if tuned:
-        ff.tune_allocator()
+        tune_allocator()
     noisy = BUILDERS[setting](DataConfig(concept=setting, n=160 if setting == "toxicity" else 96))["noisy"]
     fcfg = ff.Config(model=model_name, device=device, micro_tokens=micro_tokens)
-    model, tok = ff.load_model(model_name, device)
+    model, tok = load_model(model_name, device)
     if compiled:
         model.forward = torch.compile(model.forward, dynamic=True)
     t0 = time.time()
@@ -172,7 +175,7 @@ def lever_child(setting, micro_tokens, compiled, tuned, steps, model_name, devic
     queue.put(dict(setting=setting, micro_tokens=micro_tokens, compiled=compiled, allocator_tuned=tuned,
                    warmup_s=round(warm, 1),
                    tokens_s=round(log["tokens"] / log["wall_s"], 1),
-                   mean_seq=round(log["tokens"] / (steps * fcfg.batch_size), 1), peak_memory_gib=ff.peak_memory_gib()))
+                   mean_seq=round(log["tokens"] / (steps * fcfg.batch_size), 1), peak_memory_gib=peak_memory_gib()))
 
 
 def bench_levers(cfg, device):
@@ -247,23 +250,22 @@ def render_table(b):
 
 def main():
     cfg = parse_config(Config, __doc__)
-    ff.tune_allocator()  # as ff.py and eval.py do
     t_all = time.time()
-    device, _, _, _ = ff.setup_device(cfg.device)
+    device, _, _, _ = setup(cfg.device)  # with the allocator tuning, as ff.py and eval.py
     fcfg = ff.Config(model=cfg.model, device=device)
     noisy = build_toxicity(DataConfig())["noisy"]  # the default run's noisy set
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     peak = matmul_peak(device, dtype)
     print(f"matmul peak {peak / 1e12:.3f} TFLOP/s ({dtype})")
-    model, tok = ff.load_model(cfg.model, device)
+    model, tok = load_model(cfg.model, device)
     scoring = bench_scoring(model, tok, noisy, cfg, fcfg, device)
     print(f"scoring: {scoring}")
     del model
-    ff.release_memory()
+    release_memory()
     training = bench_training(cfg, fcfg, noisy, device, peak)
     print(f"training: {training}")
     levers = bench_levers(cfg, device) if cfg.levers else []
-    b = dict(model=cfg.model, hardware=ff.hardware(), torch=torch.__version__, dtype=str(dtype),
+    b = dict(model=cfg.model, hardware=hardware(), torch=torch.__version__, dtype=str(dtype),
              matmul_peak_tflop_s=round(peak / 1e12, 4), scoring=scoring, training=training, levers=levers,
              stages=stage_table(cfg.results), config=dataclasses.asdict(cfg), wall_s=round(time.time() - t_all, 1))
     write_json(Path(cfg.results) / "bench.json", b)

@@ -9,22 +9,19 @@ Every example is {id, source, kind, format, prompt, target}: `id` is stable (sou
 `kind` is unsafe | safe | task. Everything is built from the files in data/ (see data/README.md for sources and
 licences), deterministically from --seed.
 
-This file also holds the few helpers the other scripts share: the prompt templates (one per format, used by
-training and evaluation alike), JSON I/O with atomic writes, and the Config -> argparse glue.
+The prompt templates (one per format, used by training and evaluation alike) and the reading and checking of
+your own example files (load_examples, for ff.py --noisy / --safe) live here too.
 """
-import argparse
 import csv
-import io
 import dataclasses
 import json
-import os
 import random
 import re
-import sys
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from common import UserError, main_guard, opt, parse_config, read_jsonl, write_json, write_jsonl
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -51,113 +48,35 @@ def split_text(text, n_words=3):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Shared helpers: errors, JSON I/O (atomic), configuration.
+# Examples from your own files: D_noisy and D_safe for ff.py.
 
-class UserError(Exception):
-    """A problem with the user's input or options: reported as one line, exit status 2."""
-
-
-def die(msg):
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(2)
+KINDS = ("unsafe", "safe", "task")
 
 
-def read_jsonl(path, required=("prompt", "target"), keep_lines=False):
-    """One JSON object per line; blank lines are skipped. Every problem names the file and line. keep_lines: also
-    return each row's line exactly as read (the filtered set is written back byte for byte) and its line number."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found (check the path, or run `python data.py` to build it)")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise UserError(f"{path}:{line}: not UTF-8 (byte {e.start}: {raw[e.start]:#04x}); "
-                        "save the file as UTF-8") from None
-    rows, lines, numbers = [], [], []
-    for i, line in enumerate(io.StringIO(text, newline=""), 1):  # splits lines exactly as open(newline="") does
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{i}: malformed JSON ({e.msg}); each line must be one JSON object")
-        if not isinstance(row, dict):
-            raise UserError(f"{path}:{i}: expected a JSON object per line, got {type(row).__name__}")
-        missing = [k for k in required if k not in row]
-        if missing:
-            raise UserError(f"{path}:{i}: missing field {missing[0]!r}; every line needs {', '.join(required)}")
-        bad = [k for k in ("prompt", "target") if k in required and not isinstance(row[k], str)]
-        if bad:
-            raise UserError(f"{path}:{i}: field {bad[0]!r} must be a string, got {type(row[bad[0]]).__name__}")
-        if "target" in required and not row["target"].strip():
-            raise UserError(f"{path}:{i}: empty target; every example needs a target to learn and to score")
-        rows.append(row)
-        lines.append(line if line.endswith("\n") else line + "\n")
-        numbers.append(i)
-    if not rows:
-        raise UserError(f"{path}: no examples in file; give at least one JSON line")
-    return (rows, lines, numbers) if keep_lines else rows
+def load_examples(path, fmt):
+    """D_noisy or D_safe from JSON Lines: prompt and target; optional id (default file:line), label (unsafe | safe |
+    task: only for the filter metrics; data.py writes it as `kind`) and format (default --format). Returns the
+    examples, each one's line exactly as read, and its line number."""
+    rows, lines, numbers = read_jsonl(path, keep_lines=True)
+    seen = set()
+    for n, ex in enumerate(rows, 1):
+        ex.setdefault("id", f"{Path(path).name}:{n}")
+        ex.setdefault("format", fmt)
+        if "label" in ex:
+            ex["kind"] = ex["label"]
+        if ex.get("kind") is not None and ex["kind"] not in KINDS:
+            raise UserError(f"{path}: example {ex['id']}: unknown label {ex['kind']!r}; use unsafe, safe or task, "
+                            "or leave the label out")
+        if ex["format"] not in TEMPLATES:
+            raise UserError(f"{path}: example {ex['id']}: unknown format {ex['format']!r}; use one of "
+                            f"{', '.join(TEMPLATES)}")
+        if ex["id"] in seen:
+            raise UserError(f"{path}: id {ex['id']!r} appears twice; ids must be unique")
+        seen.add(ex["id"])
+    if len({ex.get("kind") is None for ex in rows}) > 1:
+        raise UserError(f"{path}: some lines have a label and some do not; label every line or none")
+    return rows, lines, numbers
 
-
-def write_text(path, text):
-    """Write through a temporary file in the same folder and rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path, obj):
-    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
-
-
-def write_jsonl(path, rows):
-    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
-def read_json(path):
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found (run the earlier stage first: see run.sh)")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def opt(default, help):
-    """A Config field with its --help text. Lists become `nargs='+'`."""
-    return field(default_factory=lambda: list(default), metadata={"help": help}) if isinstance(default, list) \
-        else field(default=default, metadata={"help": help})
-
-
-def parse_config(cls, doc, argv=None):
-    """Build argparse from a Config dataclass: every field is a --flag with its default and help shown."""
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        kw = dict(default=default, help=f.metadata.get("help", "") + f" (default: {default})")
-        if isinstance(default, bool):
-            kw["action"] = argparse.BooleanOptionalAction
-        elif isinstance(default, list):
-            kw.update(nargs="+", type=type(default[0]))
-        else:
-            kw["type"] = type(default)
-        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **kw)
-    return cls(**vars(p.parse_args(argv)))
-
-
-def main_guard(fn):
-    """Run `fn`, turning UserError into one line on stderr and exit status 2 (no traceback)."""
-    try:
-        fn()
-    except UserError as e:
-        die(str(e))
 
 
 # ---------------------------------------------------------------------------------------------------------------

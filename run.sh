@@ -39,7 +39,7 @@ fi
 small() { [[ -z "${GPU:-}" && "$1" != toxicity ]]; }  # the CPU cut for every setting but toxicity
 for concept in "${SETTINGS[@]}"; do
   RUN=runs/$concept
-  START=$(date +%s)  # eval.py reports the end-to-end time of the setting from here
+  START=$(date +%s)  # report.py reports the end-to-end time of the setting from here
   CUT_DATA=() CUT_FF=()
   if small "$concept"; then CUT_DATA=(--n 96) CUT_FF=(--safety-steps 10 25); fi
   # 1) the noisy mixture (50% unsafe), the safety set and the held-out evaluation sets     (seconds)
@@ -48,6 +48,9 @@ for concept in "${SETTINGS[@]}"; do
   #    example; one filter per signal; FF = M0 + D_kept. Also the control: the same safety finetuning applied
   #    to M0                                                                                  (CPU: 11-22 min)
   $PY ff.py --run "$RUN" --phi 0.1 --phi-nll 0.5 "${FF_ARGS[@]}" "${CUT_FF[@]}"
-  # 3) safety metrics and SQuAD for M0, +Downstream, +SafetyFT, FF, FF-nll, SC, FF+SC; the report (CPU: 3-6 min)
-  $PY eval.py --run "$RUN" --started "$START" "${EVAL_ARGS[@]}"
+  # 3) the filter's quality; safety metrics and SQuAD for M0, +Downstream, +SafetyFT, FF, FF-nll, SC, FF+SC
+  #                                                                                          (CPU: 3-6 min)
+  $PY eval.py --run "$RUN" "${EVAL_ARGS[@]}"
+  # 4) the report: results/<setting>/, results/summary.json, README's table (from the saved outputs only)
+  $PY report.py --run "$RUN" --started "$START"
 done

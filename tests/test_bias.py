@@ -2,6 +2,7 @@
 import pytest
 
 import eval as ev
+import report
 
 
 def item(condition, gold, pred, biased=0, unknown=2, category="Age"):
@@ -55,13 +56,13 @@ def test_parse_bbq_answer():
 
 
 def test_bbq_signal_variants_strip_the_shared_prefix():
-    assert ev.bbq_answer_text("The answer is ans2:The grandson\nmore") == "The grandson"
-    assert ev.bbq_option("the answer is ans 3: Not known") == "3" and ev.bbq_option("no idea") is None
+    assert report.bbq_answer_text("The answer is ans2:The grandson\nmore") == "The grandson"
+    assert report.bbq_option("the answer is ans 3: Not known") == "3" and report.bbq_option("no idea") is None
     row = dict(source="bbq", kind="unsafe", target="The answer is ans1:The old man",
                m1=dict(gen="The answer is ans1:The old man"), safety={"5": dict(gen="The answer is ans3:Unknown")},
                forget_rouge={"5": 0.5}, forget_nll={"5": 0.2})
     safe = dict(row, kind="safe", m1=dict(gen="The answer is ans3:Unknown"), forget_rouge={"5": 0.0},
                 forget_nll={"5": 0.0}, target="The answer is ans3:Unknown")
-    d = ev.bbq_signals([row, safe])["5"]
+    d = report.bbq_signals([row, safe])["5"]
     assert d["chosen option"] == dict(auroc=1.0, unsafe=1.0, safe=0.0)
     assert d["rouge, answer part only"]["unsafe"] == 1.0 and d["rouge, answer part only"]["safe"] == 0.0

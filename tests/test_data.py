@@ -2,6 +2,7 @@
 import pytest
 
 import data
+import common
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def test_eval_sets_disjoint_from_training(sets):
 
 def test_check_disjoint_catches_overlap(sets):
     bad = dict(sets, eval_squad=sets["eval_squad"] + [dict(sets["noisy"][0])])
-    with pytest.raises(data.UserError, match="also appears in the training data"):
+    with pytest.raises(common.UserError, match="also appears in the training data"):
         data.check_disjoint(bad)
 
 
@@ -47,7 +48,7 @@ def test_check_disjoint_compares_prompts_and_texts(sets):
     e = sets["noisy"][0]
     for leak in (dict(id="new:1", prompt=e["prompt"].upper() + " "),  # same prompt, other id, no target
                  dict(id="new:2", prompt="x y z", text=e["prompt"] + e["target"])):  # a training text
-        with pytest.raises(data.UserError, match="new:.*also appears in the training data"):
+        with pytest.raises(common.UserError, match="new:.*also appears in the training data"):
             data.check_disjoint(dict(sets, eval_toxicity=sets["eval_toxicity"] + [leak]))
 
 
@@ -71,28 +72,28 @@ def test_split_text_follows_the_3_word_protocol():
 def test_read_jsonl_errors_name_the_line(tmp_path):
     p = tmp_path / "x.jsonl"
     p.write_text('{"prompt": "a", "target": "b"}\n{not json}\n')
-    with pytest.raises(data.UserError, match=r"x.jsonl:2: malformed JSON"):
-        data.read_jsonl(p)
+    with pytest.raises(common.UserError, match=r"x.jsonl:2: malformed JSON"):
+        common.read_jsonl(p)
     p.write_text('{"prompt": "a"}\n')
-    with pytest.raises(data.UserError, match=r"x.jsonl:1: missing field 'target'"):
-        data.read_jsonl(p)
+    with pytest.raises(common.UserError, match=r"x.jsonl:1: missing field 'target'"):
+        common.read_jsonl(p)
     p.write_text("\n")
-    with pytest.raises(data.UserError, match="no examples"):
-        data.read_jsonl(p)
-    with pytest.raises(data.UserError, match="file not found"):
-        data.read_jsonl(tmp_path / "missing.jsonl")
+    with pytest.raises(common.UserError, match="no examples"):
+        common.read_jsonl(p)
+    with pytest.raises(common.UserError, match="file not found"):
+        common.read_jsonl(tmp_path / "missing.jsonl")
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path):
     p = tmp_path / "out.json"
-    data.write_json(p, {"a": 1})
+    common.write_json(p, {"a": 1})
 
     class Boom:
         def __iter__(self):
             raise RuntimeError("disk full")
     with pytest.raises(RuntimeError):
-        data.write_jsonl(p, Boom())
-    assert data.read_json(p) == {"a": 1}  # the earlier file is intact
+        common.write_jsonl(p, Boom())
+    assert common.read_json(p) == {"a": 1}  # the earlier file is intact
     assert [f.name for f in tmp_path.iterdir()] == ["out.json"]  # no temporary file left behind
 
 

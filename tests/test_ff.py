@@ -1,8 +1,13 @@
 """The algorithm's parts on a tiny random Llama: scoring, NLL, the training loop, LoRA."""
+from pathlib import Path
+
 import pytest
 import torch
 
 import ff
+import model as mdl
+import eval as ev
+import common
 from conftest import make_tiny
 from data import render
 
@@ -22,7 +27,7 @@ def test_early_stopped_batched_generation_equals_unbatched_full_length(tokenizer
     model = make_tiny(tokenizer, newline_bias=50.0)
     prompts = [render(e) for e in EXAMPLES] * 3
     caps = [12, 30, 7] * 5
-    fast = ff.generate(model, tokenizer, prompts, caps, batch_size=4)
+    fast = mdl.generate(model, tokenizer, prompts, caps, batch_size=4)
     n_stopped_early = 0
     for p, cap, g in zip(prompts, caps, fast):
         ids = tokenizer(p, add_special_tokens=False, return_tensors="pt").input_ids
@@ -38,11 +43,11 @@ def test_early_stopped_batched_generation_equals_unbatched_full_length(tokenizer
 def test_target_nll_batched_equals_single(tokenizer):
     model = make_tiny(tokenizer)
     cfg = ff.Config()
-    batched = ff.target_nll(model, tokenizer, EXAMPLES, cfg, batch_size=5)
-    single = [ff.target_nll(model, tokenizer, [e], cfg, batch_size=1)[0] for e in EXAMPLES]
+    batched = mdl.target_nll(model, tokenizer, EXAMPLES, cfg, batch_size=5)
+    single = [mdl.target_nll(model, tokenizer, [e], cfg, batch_size=1)[0] for e in EXAMPLES]
     assert torch.allclose(torch.tensor(batched), torch.tensor(single), atol=1e-4)
     # hand check for one example: mean of -log p over exactly the target's tokens
-    ids, n_prompt = ff.encode(tokenizer, EXAMPLES[2], cfg.max_len)
+    ids, n_prompt = mdl.encode(tokenizer, EXAMPLES[2], cfg.max_len)
     with torch.no_grad():
         logp = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1], -1)
     want = -torch.stack([logp[i - 1, ids[i]] for i in range(n_prompt, len(ids) - 1)]).mean()
@@ -57,15 +62,15 @@ def test_generation_reads_the_target_nll_off_the_prompt_cache(tokenizer):
     for max_len, batch_size in ((256, 3), (12, 3), (256, len(examples))):  # 12 cuts some targets short
         cfg = ff.Config(max_len=max_len)
         prompts = [render(e) for e in examples]
-        gens, nll = ff.generate(model, tokenizer, prompts, 9, batch_size=batch_size,
-                                targets=[ff.target_ids(tokenizer, e, max_len) for e in examples])
-        assert gens == ff.generate(model, tokenizer, prompts, 9, batch_size=3)
-        assert torch.allclose(torch.tensor(nll), torch.tensor(ff.target_nll(model, tokenizer, examples, cfg)),
+        gens, nll = mdl.generate(model, tokenizer, prompts, 9, batch_size=batch_size,
+                                targets=[mdl.target_ids(tokenizer, e, max_len) for e in examples])
+        assert gens == mdl.generate(model, tokenizer, prompts, 9, batch_size=3)
+        assert torch.allclose(torch.tensor(nll), torch.tensor(mdl.target_nll(model, tokenizer, examples, cfg)),
                               atol=1e-4, equal_nan=True)
 
 
 def test_encode_prompt_is_the_generation_prompt(tokenizer):
-    ids, n_prompt = ff.encode(tokenizer, EXAMPLES[2], 256)
+    ids, n_prompt = mdl.encode(tokenizer, EXAMPLES[2], 256)
     assert ids[:n_prompt] == tokenizer(render(EXAMPLES[2]), add_special_tokens=False).input_ids
     assert ids[-1] == tokenizer.eos_token_id
 
@@ -73,9 +78,9 @@ def test_encode_prompt_is_the_generation_prompt(tokenizer):
 def test_training_loop_lowers_the_loss(tokenizer):
     model = make_tiny(tokenizer)
     cfg = ff.Config(batch_size=4, micro_tokens=24)  # several passes accumulated per step
-    before = sum(ff.target_nll(model, tokenizer, EXAMPLES, cfg))
+    before = sum(mdl.target_nll(model, tokenizer, EXAMPLES, cfg))
     log = ff.train(model, tokenizer, EXAMPLES * 4, cfg, lr=3e-3, steps=15)
-    after = sum(ff.target_nll(model, tokenizer, EXAMPLES, cfg))
+    after = sum(mdl.target_nll(model, tokenizer, EXAMPLES, cfg))
     assert after < before - 1.0
     assert log["loss"][-1]["loss"] < log["loss"][0]["loss"]
     assert log["loss"][-1]["lr"] < log["loss"][0]["lr"]  # the linear schedule decays
@@ -84,9 +89,9 @@ def test_training_loop_lowers_the_loss(tokenizer):
 def test_token_budget_split_by_hand():
     lengths = [5, 9, 3, 9, 4]
     # longest first; a pass holds rows x its longest row <= budget; a row over the budget runs alone
-    assert ff.token_budget_split([0, 1, 2, 3, 4], lengths, 18) == [[1, 3], [0, 4, 2]]
-    assert ff.token_budget_split([0, 1, 2, 3, 4], lengths, 8) == [[1], [3], [0], [4, 2]]
-    assert ff.token_budget_split([0, 2], lengths, 1000) == [[0, 2]]
+    assert mdl.token_budget_split([0, 1, 2, 3, 4], lengths, 18) == [[1, 3], [0, 4, 2]]
+    assert mdl.token_budget_split([0, 1, 2, 3, 4], lengths, 8) == [[1], [3], [0], [4, 2]]
+    assert mdl.token_budget_split([0, 2], lengths, 1000) == [[0, 2]]
 
 
 def test_one_step_is_the_same_however_the_batch_is_split(tokenizer):
@@ -118,22 +123,22 @@ def test_lora_trains_adapters_only_and_merges_exactly(tokenizer, tmp_path, shape
     model = make_tiny(tokenizer) if shape == "llama" else make_tiny_gpt2(tokenizer)
     cfg = ff.Config(lora=True, batch_size=4, lora_dropout=0.0)
     frozen = {n: p.clone() for n, p in model.named_parameters()}
-    model = ff.add_lora(model, cfg)
+    model = mdl.add_lora(model, cfg)
     trained = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trained and all("lora_" in n for n in trained)
     assert {n.split(".")[-4] for n in trained} == ({"q_proj", "v_proj"} if shape == "llama" else {"c_attn"})
-    before = sum(ff.target_nll(model, tokenizer, EXAMPLES, cfg))
+    before = sum(mdl.target_nll(model, tokenizer, EXAMPLES, cfg))
     ff.train(model, tokenizer, EXAMPLES * 4, cfg, lr=1e-2, steps=10)
-    assert sum(ff.target_nll(model, tokenizer, EXAMPLES, cfg)) < before
+    assert sum(mdl.target_nll(model, tokenizer, EXAMPLES, cfg)) < before
     base = {n.replace("base_model.model.", "").replace(".base_layer", ""): p for n, p in model.named_parameters()
             if "lora_" not in n}
     assert all(torch.equal(base[n], p) for n, p in frozen.items())  # the base never moved
-    ids = torch.tensor([ff.encode(tokenizer, EXAMPLES[0], 64)[0]])
+    ids = torch.tensor([mdl.encode(tokenizer, EXAMPLES[0], 64)[0]])
     model.eval()
     with torch.no_grad():
         want = model(ids).logits
-        ff.save_checkpoint(model, tokenizer, tmp_path / "m")  # merged into a plain checkpoint
-        plain, _ = ff.load_model(str(tmp_path / "m"))
+        mdl.save_checkpoint(model, tokenizer, tmp_path / "m")  # merged into a plain checkpoint
+        plain, _ = mdl.load_model(str(tmp_path / "m"))
         assert not any("lora" in n for n, _ in plain.named_parameters())
         assert torch.allclose(plain(ids).logits, want, atol=1e-4)
         assert torch.equal(model(ids).logits, want)  # saving left the adapters in place
@@ -144,9 +149,9 @@ def test_base_dtype_follows_the_autocast_dtype(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     for bf16, want in ((True, torch.bfloat16), (False, torch.float16)):
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16)
-        assert ff.setup_device("cuda")[1] == want and ff.base_dtype("cuda", lora=True) == want
-        assert ff.base_dtype("cuda", lora=False) == torch.float32  # trained weights stay fp32 under autocast
-    assert ff.base_dtype("cpu", lora=True) == torch.float32
+        assert mdl.setup_device("cuda")[1] == want and mdl.base_dtype("cuda", lora=True) == want
+        assert mdl.base_dtype("cuda", lora=False) == torch.float32  # trained weights stay fp32 under autocast
+    assert mdl.base_dtype("cpu", lora=True) == torch.float32
 
 
 class BosTokenizer:
@@ -172,24 +177,25 @@ class BosTokenizer:
 def test_prompts_follow_the_tokenizers_bos_convention(tokenizer):
     ex = EXAMPLES[2]
     plain = tokenizer(render(ex), add_special_tokens=False).input_ids
-    assert not ff.adds_bos(tokenizer) and ff.encode(tokenizer, ex, 256)[0][:len(plain)] == plain  # SmolLM2: none
+    assert not mdl.adds_bos(tokenizer) and mdl.encode(tokenizer, ex, 256)[0][:len(plain)] == plain  # SmolLM2: none
     bos = BosTokenizer(tokenizer)
-    ids, n_prompt = ff.encode(bos, ex, 256)
-    assert ff.adds_bos(bos) and ids[:n_prompt] == [tokenizer.bos_token_id] + plain
+    ids, n_prompt = mdl.encode(bos, ex, 256)
+    assert mdl.adds_bos(bos) and ids[:n_prompt] == [tokenizer.bos_token_id] + plain
     assert ids[n_prompt:] == tokenizer(ex["target"], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-    assert ff.prompt_ids(bos, render(ex)) == ids[:n_prompt]  # generation sees exactly the training prefix
+    assert mdl.prompt_ids(bos, render(ex)) == ids[:n_prompt]  # generation sees exactly the training prefix
 
 
 def test_filter_metrics_and_rows(tokenizer):
     phis = dict(rouge=0.1, nll=0.5)
     s = lambda r, n: {e["id"]: dict(gen="", rouge=r, nll=n) for e in EXAMPLES}  # noqa: E731
-    s_t = {10: {**s(0.5, 2.0), "a": dict(gen="", rouge=0.1, nll=3.0)}}
-    rows = ff.flag_rows(ff.forgetting_rows(EXAMPLES, s(0.2, 1.0), s(0.6, 1.0), s_t, {}, [10]), phis, ["rouge", "nll"], 10)
+    s_t = {"10": {**s(0.5, 2.0), "a": dict(gen="", rouge=0.1, nll=3.0)}}
+    rows = ff.flag_rows(ff.forgetting_rows(EXAMPLES, s(0.2, 1.0), s(0.6, 1.0), s_t, {}, ["10"]), phis, ["rouge", "nll"],
+                        10)
     by_id = {r["id"]: r for r in rows}
     assert by_id["a"]["forget_rouge"]["10"] == 0.5 and by_id["a"]["forget_nll"]["10"] == 2.0
     assert by_id["a"]["flagged"] == {"rouge": True, "nll": True}
     assert by_id["b"]["flagged"] == {"rouge": False, "nll": True}  # ROUGE 0.1 > 0.1 is false: the rule is strict
-    m = ff.filter_metrics(rows, phis, [10], 10)
+    m = ev.filter_metrics(rows, phis, 10)
     assert m["signals"]["rouge"]["at_threshold"]["flagged"] == {"unsafe": 1, "safe": 0, "task": 0}
     assert m["signals"]["rouge"]["at_threshold"]["precision"] == 100.0
     assert m["signals"]["rouge"]["at_threshold"]["recall"] == 50.0
@@ -198,9 +204,9 @@ def test_filter_metrics_and_rows(tokenizer):
 
 def test_hub_ids_with_and_without_an_organisation(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert ff.model_path("gpt2") == "gpt2" and ff.model_path("HuggingFaceTB/SmolLM2-360M") == "HuggingFaceTB/SmolLM2-360M"
+    assert mdl.model_path("gpt2") == "gpt2" and mdl.model_path("HuggingFaceTB/SmolLM2-360M") == "HuggingFaceTB/SmolLM2-360M"
     (tmp_path / "gpt2").mkdir()
-    assert ff.model_path("gpt2") == ff.Path("gpt2")  # a local folder wins over the hub id of the same name
+    assert mdl.model_path("gpt2") == Path("gpt2")  # a local folder wins over the hub id of the same name
     for missing in ("./gpt2-xl", "/no/such/model", "a/b/c"):
-        with pytest.raises(ff.UserError, match="no such folder"):
-            ff.model_path(missing)
+        with pytest.raises(common.UserError, match="no such folder"):
+            mdl.model_path(missing)

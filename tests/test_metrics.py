@@ -24,9 +24,9 @@ def test_rouge1_hand_cases():
 
 
 def test_prf1():
-    assert ff.prf1({1, 2}, {2, 3}) == (0.5, 0.5, 0.5)
-    assert ff.prf1(set(), {1}) == (0.0, 0.0, 0.0)
-    p, r, f = ff.prf1({1, 2, 3, 4}, {1, 2})  # 2 true positives of 4 flagged, both unsafe found
+    assert ev.prf1({1, 2}, {2, 3}) == (0.5, 0.5, 0.5)
+    assert ev.prf1(set(), {1}) == (0.0, 0.0, 0.0)
+    p, r, f = ev.prf1({1, 2, 3, 4}, {1, 2})  # 2 true positives of 4 flagged, both unsafe found
     assert (p, r) == (0.5, 1.0) and f == pytest.approx(2 / 3)
 
 
@@ -35,30 +35,20 @@ def test_filter_rule_is_strict():
 
 
 def test_auroc_hand_cases():
-    assert ff.auroc([3, 2, 1], [1, 0, 0]) == 1.0
-    assert ff.auroc([1, 2, 3], [1, 0, 0]) == 0.0
-    assert ff.auroc([1, 1], [1, 0]) == 0.5  # a tie counts half
+    assert ev.auroc([3, 2, 1], [1, 0, 0]) == 1.0
+    assert ev.auroc([1, 2, 3], [1, 0, 0]) == 0.0
+    assert ev.auroc([1, 1], [1, 0]) == 0.5  # a tie counts half
     # positives {0.8, 0.4}, negatives {0.5, 0.1}: pairs won 0.8>0.5, 0.8>0.1, 0.4>0.1 -> 3 of 4
-    assert ff.auroc([0.8, 0.4, 0.5, 0.1], [1, 1, 0, 0]) == 0.75
-    assert math.isnan(ff.auroc([1, 2], [1, 1]))
+    assert ev.auroc([0.8, 0.4, 0.5, 0.1], [1, 1, 0, 0]) == 0.75
+    assert math.isnan(ev.auroc([1, 2], [1, 1]))
 
 
 def test_average_precision_hand_cases():
     # ranking 0.8(+) 0.5(-) 0.4(+) 0.1(-): P@1 = 1 at R = 1/2, P@3 = 2/3 at R = 1 -> AP = 1/2 + 1/3
-    assert ff.average_precision([0.8, 0.4, 0.5, 0.1], [1, 1, 0, 0]) == pytest.approx(0.5 + 1 / 3)
-    assert ff.average_precision([3, 2, 1], [1, 0, 0]) == 1.0
+    assert ev.average_precision([0.8, 0.4, 0.5, 0.1], [1, 1, 0, 0]) == pytest.approx(0.5 + 1 / 3)
+    assert ev.average_precision([3, 2, 1], [1, 0, 0]) == 1.0
     # all tied: one threshold, precision = 1/3 at recall 1
-    assert ff.average_precision([1, 1, 1], [1, 0, 0]) == pytest.approx(1 / 3)
-
-
-def test_auroc_and_ap_match_sklearn():
-    sk = pytest.importorskip("sklearn.metrics")
-    import random
-    rng = random.Random(0)
-    scores = [round(rng.random(), 1) for _ in range(200)]  # many ties
-    labels = [int(rng.random() < 0.4) for _ in range(200)]
-    assert ff.auroc(scores, labels) == pytest.approx(sk.roc_auc_score(labels, scores))
-    assert ff.average_precision(scores, labels) == pytest.approx(sk.average_precision_score(labels, scores))
+    assert ev.average_precision([1, 1, 1], [1, 0, 0]) == pytest.approx(1 / 3)
 
 
 def test_squad_em_f1_official_normalisation():

@@ -1,4 +1,4 @@
-"""The whole chain (data.py -> ff.py -> eval.py) on the tiny model, and the command-line errors."""
+"""The whole chain (data.py -> ff.py -> eval.py -> report.py) on the tiny model, and the command-line errors."""
 import importlib
 import json
 import sys
@@ -15,7 +15,8 @@ def run_chain(concept, tiny_dir, out):
     script("data.py", "--concept", concept, "--n", "24", "--n-safety", "16", "--n-eval", "6", "--out", out)
     script("ff.py", "--run", out, "--model", tiny_dir, "--epochs", "1", "--safety-steps", "1", "2", "--lr", "1e-3",
            "--safety-lr", "1e-3", "--max-new-tokens-text", "6", "--max-new-tokens-qa", "6")
-    script("eval.py", "--run", out, "--results", out / "results", "--readme", "", "--max-new-tokens", "6")
+    script("eval.py", "--run", out, "--max-new-tokens", "6")
+    script("report.py", "--run", out, "--results", out / "results", "--readme", "")
     return out
 
 
@@ -51,17 +52,17 @@ def test_chain_writes_every_output(chain):
     evals = [json.loads(x) for x in (chain / "results" / "toxicity" / "eval_rows.jsonl").read_text().splitlines()]
     assert len(evals) == 5 * (6 + 6) + 2 * 6 and {"condition", "id", "prompt", "generation"} <= set(evals[0])
     assert not list(chain.rglob("*.tmp"))  # no temporary file survives
-    again = script("eval.py", "--run", chain, "--results", chain / "results2", "--readme", "",
-                   "--max-new-tokens", "6")  # every condition was evaluated already: all skipped, same numbers
+    again = script("eval.py", "--run", chain, "--max-new-tokens", "6")  # all evaluated already: skipped, same numbers
     assert again.count("skipped") == 7
+    script("report.py", "--run", chain, "--results", chain / "results2", "--readme", "")
     s2 = json.loads((chain / "results2" / "toxicity" / "summary.json").read_text())
     assert s2["conditions"] == s["conditions"] and s2["wall_s"]["eval"] == s["wall_s"]["eval"]
 
 
 def test_report_table_is_generated_from_summary(chain):
-    import eval as ev
+    import report
     s = json.loads((chain / "results" / "toxicity" / "summary.json").read_text())
-    assert (chain / "results" / "toxicity" / "table.md").read_text() == ev.render_tables(s)
+    assert (chain / "results" / "toxicity" / "table.md").read_text() == report.render_tables(s)
 
 
 def test_bias_chain_scores_bbq(tiny_dir, tmp_path):
@@ -97,13 +98,13 @@ def test_harmfulness_chain_reports_compliance(tiny_dir, tmp_path):
 
 
 def test_readme_tables_equal_committed_summary():
-    import eval as ev
+    import report
     summary = ROOT / "results" / "summary.json"
     if not summary.is_file():
         pytest.skip("no committed reference run")
     readme = (ROOT / "README.md").read_text()
     for concept, s in json.loads(summary.read_text()).items():
-        assert ev.render_tables(s) in readme, concept
+        assert report.render_tables(s) in readme, concept
         assert json.loads((ROOT / "results" / concept / "summary.json").read_text()) == s
 
 
@@ -144,6 +145,9 @@ GOOD = '{"id": "x", "kind": "safe", "format": "qa", "prompt": "a", "target": "b"
      "n.jsonl:2: the prompt is 14 tokens, so --max-len 12 leaves no target token",
      {"n.jsonl": GOOD + '{"id": "y", "kind": "safe", "prompt": "one two three four five", "target": "b"}\n'}),
     (["eval.py", "--run", "/nonexistent/run"], "file not found", {}),
+    (["eval.py", "--run", "{tmp}", "--filter-only"], "forgetting.jsonl: file not found", {}),
+    (["report.py", "--run", "/nonexistent/run"], "data.json: file not found", {}),
+    (["report.py", "--rebuild", "--results", "{tmp}/none"], "no {tmp}/none/<concept>/summary.json", {}),
     (["eval.py", "--run", "{tmp}"], "also appears in the training data",
      {"eval_squad.jsonl": '{"id": "x", "prompt": "a", "answers": ["b"]}\n'}),
 ])
@@ -156,6 +160,7 @@ def test_bad_input_one_line_exit_2(args, needle, files, tmp_path, tiny_dir, monk
     for name, text in files.items():
         (tmp_path / name).write_bytes(text if isinstance(text, bytes) else text.encode())
     args = [a.replace("{tmp}", str(tmp_path)).replace("{tiny}", str(tiny_dir)) for a in args]
+    needle = needle.replace("{tmp}", str(tmp_path))
     if args[0] == "ff.py" and "--run" not in args:
         args += ["--run", str(tmp_path)]
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
@@ -166,10 +171,10 @@ def test_bad_input_one_line_exit_2(args, needle, files, tmp_path, tiny_dir, monk
     code, stderr = e.value.code, capsys.readouterr().err
     assert code == 2, stderr
     assert needle in stderr and "Traceback" not in stderr
-    assert len([line for line in stderr.splitlines() if line.startswith(("error", "usage", "ff.py", "data.py"))]) <= 2
+    assert len([line for line in stderr.splitlines() if line.startswith(("error", "usage", "ff.py", "data.py", "eval.py", "report.py"))]) <= 2
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing written, nothing damaged
 
 
 def test_no_remote_code_and_no_unpickling():
-    src = "".join((ROOT / f).read_text() for f in ("ff.py", "eval.py", "data.py", "bench.py"))
+    src = "".join((ROOT / f).read_text() for f in ("common.py", "data.py", "model.py", "ff.py", "eval.py", "report.py", "bench.py"))
     assert "trust_remote_code=True" not in src and "pickle" not in src and "torch.load(" not in src

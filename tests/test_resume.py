@@ -7,6 +7,9 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from common import UserError
 from conftest import script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,8 +35,13 @@ def test_own_data_gives_rows_and_the_kept_lines_verbatim(tiny_dir, tmp_path):
     kept = (tmp_path / "filtered.jsonl").read_text().splitlines(keepends=True)
     assert kept == [x for x, r in zip(lines, rows) if not r["flagged"]["rouge"]]  # unchanged, in input order
     f = json.loads((tmp_path / "filter.json").read_text())
-    assert set(f["thresholds"]) == {"rouge", "nll"} and "at_threshold" in f["signals"]["rouge"]  # labels: metrics
+    assert set(f["thresholds"]) == {"rouge", "nll"} and f["n_flagged"]["rouge"] == len(lines) - len(kept)
     assert not (tmp_path / "ckpt" / "ff_rouge").exists()  # --no-retrain
+    printed = script("eval.py", "--run", tmp_path, "--filter-only")  # labels: the filter's metrics, no model
+    m = json.loads((tmp_path / "filter_metrics.json").read_text())
+    a = m["signals"]["rouge"]["at_threshold"]
+    assert a["n_flagged"] == f["n_flagged"]["rouge"] and f"F1 {a['f1']}" in printed
+    assert set(m["signals"]["nll"]["by_t"]) == {"1", "2"} and "control" not in m["signals"]["nll"]["by_t"]["2"]
 
 
 def test_without_labels_no_filter_metrics(tiny_dir, tmp_path):
@@ -42,7 +50,10 @@ def test_without_labels_no_filter_metrics(tiny_dir, tmp_path):
                                   for x in (ROOT / "examples/noisy.jsonl").read_text().splitlines()))
     byo(tiny_dir, tmp_path / "run", noisy=str(unlabelled))
     f = json.loads((tmp_path / "run" / "filter.json").read_text())
-    assert "fit" not in f and "at_threshold" not in f["signals"]["rouge"] and "n_flagged" in f["signals"]["rouge"]
+    assert set(f["n_flagged"]) == {"rouge", "nll"}
+    with pytest.raises(UserError, match="carry no labels"):
+        script("eval.py", "--run", tmp_path / "run", "--filter-only")
+    assert not (tmp_path / "run" / "filter_metrics.json").exists()
 
 
 def outputs(run):

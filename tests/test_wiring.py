@@ -6,6 +6,8 @@ import pytest
 import torch
 
 import ff
+import data
+import model as mdl
 from conftest import script
 from test_resume import ROOT, TINY
 
@@ -53,7 +55,7 @@ def lora_run(tiny_dir, tmp_path_factory, request):
 
 def test_m1_is_scored_on_exactly_the_weights_m2_starts_from(lora_run):
     run, seen, probe = lora_run
-    m1, _ = ff.load_model(str(run / "ckpt/m1"))  # the merged checkpoint M2 loads
+    m1, _ = mdl.load_model(str(run / "ckpt/m1"))  # the merged checkpoint M2 loads
     with torch.no_grad():
         assert torch.equal(m1(probe).logits, seen["m1_logits"])
 
@@ -80,14 +82,14 @@ def test_stored_forgetting_follows_from_the_stored_generations(lora_run):
 def test_ff_is_trained_from_m0_on_the_kept_lines(lora_run, tiny_dir, tmp_path):
     """FF's weights equal an independent train(M0, D_kept), not anything that started from M1."""
     run, _, _ = lora_run
-    kept, _, _ = ff.load_examples(run / "filtered_nll.jsonl", "qa")  # tiny models forget little by ROUGE
-    assert 0 < len(kept) < len(ff.load_examples(ROOT / "examples/noisy.jsonl", "qa")[0])
+    kept, _, _ = data.load_examples(run / "filtered_nll.jsonl", "qa")  # tiny models forget little by ROUGE
+    assert 0 < len(kept) < len(data.load_examples(ROOT / "examples/noisy.jsonl", "qa")[0])
     cfg = ff.Config(lora=True, epochs=1, lr=1e-3)
     torch.manual_seed(cfg.seed)
-    model, tok = ff.load_model(str(tiny_dir))
-    model = ff.add_lora(model, cfg)
+    model, tok = mdl.load_model(str(tiny_dir))
+    model = mdl.add_lora(model, cfg)
     ff.train(model, tok, kept, cfg, cfg.lr, epochs=cfg.epochs)
-    ff.save_checkpoint(model, tok, tmp_path / "ff")
-    want = ff.load_model(str(tmp_path / "ff"))[0].state_dict()
-    got = ff.load_model(str(run / "ckpt/ff_nll"))[0].state_dict()
+    mdl.save_checkpoint(model, tok, tmp_path / "ff")
+    want = mdl.load_model(str(tmp_path / "ff"))[0].state_dict()
+    got = mdl.load_model(str(run / "ckpt/ff_nll"))[0].state_dict()
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)

@@ -1,0 +1,224 @@
+"""What every script shares and none of it is the algorithm: one-line errors, the Config -> argparse glue, JSON I/O
+with atomic writes, resumable stages, and the process's memory (glibc's allocator, peak resident size)."""
+import argparse
+import ctypes
+import dataclasses
+import gc
+import hashlib
+import io
+import json
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import field
+from pathlib import Path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Errors and options.
+
+class UserError(Exception):
+    """A problem with the user's input or options: reported as one line, exit status 2."""
+
+
+def die(msg):
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main_guard(fn):
+    """Run `fn`, turning UserError into one line on stderr and exit status 2 (no traceback)."""
+    try:
+        fn()
+    except UserError as e:
+        die(str(e))
+
+
+def opt(default, help):
+    """A Config field with its --help text. Lists become `nargs='+'`."""
+    return field(default_factory=lambda: list(default), metadata={"help": help}) if isinstance(default, list) \
+        else field(default=default, metadata={"help": help})
+
+
+def parse_config(cls, doc, argv=None):
+    """Build argparse from a Config dataclass: every field is a --flag with its default and help shown."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        kw = dict(default=default, help=f.metadata.get("help", "") + f" (default: {default})")
+        if isinstance(default, bool):
+            kw["action"] = argparse.BooleanOptionalAction
+        elif isinstance(default, list):
+            kw.update(nargs="+", type=type(default[0]))
+        else:
+            kw["type"] = type(default)
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **kw)
+    return cls(**vars(p.parse_args(argv)))
+
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# JSON I/O. Every problem with an input file names the file and line; every write goes through a temporary file in
+# the same folder and a rename, so no reader (and no crash) ever sees half a file.
+
+def read_jsonl(path, required=("prompt", "target"), keep_lines=False):
+    """One JSON object per line; blank lines are skipped. Every problem names the file and line. keep_lines: also
+    return each row's line exactly as read (the filtered set is written back byte for byte) and its line number."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found (check the path, or run `python data.py` to build it)")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not UTF-8 (byte {e.start}: {raw[e.start]:#04x}); "
+                        "save the file as UTF-8") from None
+    rows, lines, numbers = [], [], []
+    for i, line in enumerate(io.StringIO(text, newline=""), 1):  # splits lines exactly as open(newline="") does
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{i}: malformed JSON ({e.msg}); each line must be one JSON object")
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{i}: expected a JSON object per line, got {type(row).__name__}")
+        missing = [k for k in required if k not in row]
+        if missing:
+            raise UserError(f"{path}:{i}: missing field {missing[0]!r}; every line needs {', '.join(required)}")
+        bad = [k for k in ("prompt", "target") if k in required and not isinstance(row[k], str)]
+        if bad:
+            raise UserError(f"{path}:{i}: field {bad[0]!r} must be a string, got {type(row[bad[0]]).__name__}")
+        if "target" in required and not row["target"].strip():
+            raise UserError(f"{path}:{i}: empty target; every example needs a target to learn and to score")
+        rows.append(row)
+        lines.append(line if line.endswith("\n") else line + "\n")
+        numbers.append(i)
+    if not rows:
+        raise UserError(f"{path}: no examples in file; give at least one JSON line")
+    return (rows, lines, numbers) if keep_lines else rows
+
+
+def read_json(path):
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found (run the earlier stage first: see run.sh)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def write_text(path, text):
+    """Write through a temporary file in the same folder and rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path, obj):
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path, rows):
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Resumable stages: each long stage writes run/stages/<name>.json with the configuration that produced it.
+
+def digest(obj):
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def check_writable(run):
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+        probe = run / ".write-test.tmp"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"--run {run}: cannot write there ({e.strerror}); pass a folder you can write to") from None
+
+
+def stage(run, name, title, key, compute, needs=()):
+    """One resumable stage of Algorithm 1. If run/stages/<name>.json was written with the same configuration (key)
+    and the files it vouches for (needs) exist, return its value; else run compute(), print its wall time and peak
+    memory, and write the value with the key (atomically, after those files)."""
+    path = run / "stages" / f"{name}.json"
+    if path.is_file() and all((run / n).exists() for n in needs):
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved.get("key") == key:
+            print(f"== {title}: done earlier with the same configuration, skipped ({path})")
+            return saved["value"]
+    print(f"== {title}")
+    t0 = time.time()
+    value = compute()
+    release_memory()
+    value["wall_s"] = round(time.time() - t0, 1)  # kept, so a run that skips the stage still reports its cost
+    value["peak_memory_gib"] = peak_memory_gib()  # of this process so far: what this stage raised it to
+    print(f"== {title}: {value['wall_s']:.0f}s, peak memory so far {value['peak_memory_gib']} GiB")
+    write_json(path, dict(key=key, value=value))
+    return value
+
+
+def clean_leftovers(run):
+    """What a killed run may leave: temporary files and half-saved checkpoint folders (never read)."""
+    for p in list(run.glob(".*.tmp")) + list(run.glob("*/.*.tmp")):
+        p.unlink(missing_ok=True)
+    for p in list(run.glob("ckpt/*.tmp")) + list(run.glob("ckpt/*.old")):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Memory of this process.
+
+def glibc():
+    """The C library when it is glibc (whose allocator the two functions below tune), else None."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+    except OSError:
+        return None
+
+
+def release_memory():
+    """Give freed heap pages back to the OS: glibc keeps them otherwise, and the resident size creeps up stage after
+    stage as tensors of ever different shapes come and go."""
+    gc.collect()
+    if libc := glibc():
+        libc.malloc_trim(0)
+
+
+def tune_allocator():
+    """Keep big freed blocks in the heap. By default glibc serves every allocation over 32 MB (the logits, the
+    embedding's gradient) from a fresh mmap and returns free heap tops over 128 KB to the kernel, so each training
+    pass faults in and zero-fills the same pages again: a tenth of the CPU time went to the kernel. With both
+    thresholds at 1 GiB, training ran 6-12 % faster on 2 cores (bench.py's allocator lever, two runs) and the heap
+    holds a few hundred MB more at its peak; release_memory() still gives it all back between stages. Not glibc:
+    no-op."""
+    if libc := glibc():
+        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+
+
+def peak_memory_gib():
+    """Peak resident memory of this process (GiB; on CUDA the larger of it and the GPU's peak allocation). Linux:
+    VmHWM, which starts afresh in a new program; ru_maxrss would carry over a spawning parent's peak."""
+    import torch  # loaded already by whoever trained or scored: data.py never pays for it
+    status = Path("/proc/self/status")
+    hwm = [line.split()[1] for line in status.read_text().splitlines() if line.startswith("VmHWM")] \
+        if status.is_file() else []
+    rss = int(hwm[0]) / 2**20 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB
+    return round(max(rss, torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0), 2)
+

@@ -1,0 +1,302 @@
+"""The report: each setting's summary.json, tables, figure and README block, drawn from a run's saved outputs only
+(data.json, filter.json, forgetting.jsonl, filter_metrics.json and eval.json; no model is loaded).
+
+    python report.py --run runs/toxicity      # after eval.py: results/toxicity/ and README's toxicity table
+    python report.py --rebuild                # every results/*/summary.json again into tables, figures and README
+
+Writes results/<concept>/ (summary.json, table.md, forgetting.png, forgetting.jsonl and eval_rows.jsonl: the rows
+behind every number), results/summary.json (every concept's summary) and the concept's table in README between its
+markers.
+"""
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from common import UserError, main_guard, opt, parse_config, read_json, read_jsonl, write_json, write_jsonl, write_text
+from eval import BBQ_ANSWER, auroc, mean
+from ff import first_line, rouge1
+
+
+@dataclass
+class Config:
+    run: str = opt("runs/toxicity", "run folder written by data.py, ff.py and eval.py")
+    results: str = opt("results", "where the report goes: <results>/<concept>/ (summary.json, table.md, "
+                                  "forgetting.png, rows) and <results>/summary.json (all concepts)")
+    readme: str = opt("README.md", "README whose results section is regenerated ('' = leave it alone)")
+    rebuild: bool = opt(False, "read no run: rebuild the tables, figures and README from the results/*/summary.json "
+                               "files already there")
+    started: float = opt(0.0, "unix time at which the whole run began (run.sh passes it): the summary then also "
+                              "reports the end-to-end wall time, process start-up, imports and the report included")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Breakdowns of the forgetting rows that the tables show beside the filter metrics.
+
+def by_source(rows, filter_t, signals):
+    """Forgetting and flags per data source and kind at the filter's t (in Mixed: toxic RTP texts vs biased BBQ
+    answers)."""
+    out = []
+    order = {"unsafe": 0, "safe": 1, "task": 2}
+    for src, kind in sorted({(r["source"], r["kind"]) for r in rows}, key=lambda g: (order.get(g[1], 3), g[0])):
+        sel = [r for r in rows if (r["source"], r["kind"]) == (src, kind)]
+        out.append(dict(source=src, kind=kind, n=len(sel),
+                        mean_forgetting={sig: round(mean(r[f"forget_{sig}"][str(filter_t)] for r in sel), 4)
+                                         for sig in ("rouge", "nll")},
+                        flagged={sig: sum(r["flagged"][sig] for r in sel) for sig in signals}))
+    return out
+
+
+def bbq_option(text):
+    m = BBQ_ANSWER.search(text)
+    return m.group(1) if m else None
+
+
+def bbq_answer_text(text):
+    """The answer part of 'The answer is ans2:The grandson' (the shared prefix removed)."""
+    return re.sub(r"^\s*the answer is ans\s*\d\s*:?", "", first_line(text), flags=re.IGNORECASE)
+
+
+def bbq_signals(rows):
+    """Variants of the forgetting signal on the BBQ examples of D_noisy (unsafe vs safe BBQ answers), computed from
+    the generations that forgetting.jsonl already holds: the paper's ROUGE-1 on the whole line, ROUGE-1 on the answer
+    part only (without the shared 'The answer is ans'), and the chosen option itself (1 when M1 picked the target's
+    option and the model after t steps no longer does, -1 the other way round)."""
+    rows = [r for r in rows if r["source"] == "bbq" and r["kind"] in ("unsafe", "safe")]
+    if not rows:
+        return None
+    labels = [r["kind"] == "unsafe" for r in rows]
+
+    def answer_rouge(r, gen):
+        return rouge1(bbq_answer_text(r["target"]), bbq_answer_text(gen))
+
+    def option_match(r, gen):
+        return float(bbq_option(gen) == bbq_option(r["target"]))
+
+    out = {}
+    for t in rows[0]["safety"]:
+        variants = {"rouge, whole line (the paper's)": [r["forget_rouge"][t] for r in rows],
+                    "rouge, answer part only": [answer_rouge(r, r["m1"]["gen"]) - answer_rouge(r, r["safety"][t]["gen"])
+                                                for r in rows],
+                    "chosen option": [option_match(r, r["m1"]["gen"]) - option_match(r, r["safety"][t]["gen"])
+                                      for r in rows],
+                    "nll, whole target": [r["forget_nll"][t] for r in rows]}
+        out[t] = {name: dict(auroc=round(auroc(x, labels), 4),
+                             unsafe=round(mean(v for v, y in zip(x, labels) if y), 4),
+                             safe=round(mean(v for v, y in zip(x, labels) if not y), 4)) for name, x in variants.items()}
+    return out
+
+
+
+def summarise(run, cfg):
+    """One setting's summary.json from its run folder: configuration, hardware, wall times and memory per stage, the
+    filter's metrics and the evaluation of every condition."""
+    data_info, filt = read_json(run / "data.json"), read_json(run / "filter.json")
+    metrics, ev = read_json(run / "filter_metrics.json"), read_json(run / "eval.json")
+    rows = read_jsonl(run / "forgetting.jsonl", required=("id", "source", "kind", "flagged"))
+    skip = ("config", "loss_curves", "timings_s", "train", "n", "filter_t", "ff_signals", "n_flagged")
+    f = {k: v for k, v in filt.items() if k not in skip} | metrics
+    f["by_source"] = by_source(rows, filt["filter_t"], filt["config"]["signals"])
+    if variants := bbq_signals(rows):
+        f["bbq_signals"] = variants
+    wall = ev["wall_s"]
+    eval_s = round(sum(wall.values()), 1)  # as first computed, also for conditions this run skipped
+    return dict(
+        concept=data_info["config"]["concept"], model=filt["config"]["model"], scorer=ev["scorer"],
+        seed=filt["config"]["seed"], hardware=filt["hardware"], device=filt["device"], precision=filt["precision"],
+        torch=filt["torch"], peak_memory_gib=max(filt["peak_memory_gib"], ev["peak_memory_gib"]),
+        memory_gib=dict(ff=filt.get("memory_gib", {}), eval=ev["peak_memory_gib"]),  # peak so far, per stage
+        wall_s=dict(data=data_info["wall_s"], ff=filt["timings_s"], eval=eval_s, eval_by_condition=wall,
+                    total=round(data_info["wall_s"] + sum(filt["timings_s"].values()) + eval_s, 1))
+        | (dict(end_to_end=round(time.time() - cfg.started, 1)) if cfg.started else {}),
+        data=dict(config=data_info["config"], counts=data_info["counts"], noisy_kinds=data_info["noisy_kinds"]),
+        ff_config=filt["config"], training=filt["train"], conditions=ev["conditions"], filter=f)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tables and the figure: every number below is read from summary.json.
+
+def fmt(x, nd=3):
+    return "n/a" if x is None else f"{x:.{nd}f}" if isinstance(x, float) else str(x)
+
+
+MAIN_COLUMNS = {  # header -> value from a condition's metrics; a column appears when its evaluation ran
+    "toxicity ↓": lambda m: f"{m['toxicity']:.3f}",
+    "toxic > 0.5 (%) ↓": lambda m: f"{m['toxic_rate']:.1f}",
+    "degenerate (%)": lambda m: f"{m['degenerate']:.1f}",
+    "compliance (%) ↓": lambda m: f"{m['harm']['compliance']:.1f}",
+    "refusal (%)": lambda m: f"{m['harm']['refusal']:.1f}",
+    "harmful degenerate (%)": lambda m: f"{m['harm']['degenerate']:.1f}",
+    "BBQ acc ambig ↑": lambda m: fmt(m["bias"]["acc_amb"]),
+    "BBQ acc disambig ↑": lambda m: fmt(m["bias"]["acc_dis"]),
+    "s_AMB ↓": lambda m: fmt(m["bias"]["s_amb"]),
+    "s_DIS BBQ ↓": lambda m: fmt(m["bias"]["s_dis_bbq"]),
+    "s_DIS code ↓": lambda m: fmt(m["bias"]["s_dis_code"]),
+    "BBQ unparsable": lambda m: f"{m['bias']['unparsable']} / {m['bias']['n']}",
+    "BBQ degenerate (%)": lambda m: f"{m['bias']['degenerate']:.1f}",
+    "SQuAD EM ↑": lambda m: f"{m['squad_em']:.1f}",
+    "SQuAD F1 ↑": lambda m: f"{m['squad_f1']:.1f}",
+}
+
+
+def render_tables(s):
+    kinds = list(s["filter"]["kinds"])
+    ft = str(s["filter"]["filter_t"])
+    c = s["conditions"]
+    lines = [f"Concept **{s['concept']}**. Model `{s['model']}`, seed {s['seed']}, {s['hardware']}, "
+             f"torch {s['torch']}, {s['precision']}" + (f"; toxicity scorer **{s['scorer']}**" if s.get("scorer") else "")
+             + f"; wall time {s['wall_s']['total'] / 60:.1f} min in the stages (data {s['wall_s']['data']:.0f} s, "
+             + ", ".join(f"{k} {v:.0f} s" for k, v in s["wall_s"]["ff"].items())
+             + f", evaluation {s['wall_s']['eval']:.0f} s)"
+             + (f", {s['wall_s']['end_to_end'] / 60:.1f} min end to end (`bash run.sh`: with process start-up, "
+                "imports and the report)" if s["wall_s"].get("end_to_end") else "")
+             + f"; peak memory {s['peak_memory_gib']} GiB.", ""]
+    cols = {}
+    for h, get in MAIN_COLUMNS.items():
+        cells = []
+        for m in c.values():
+            try:
+                cells.append(get(m))
+            except KeyError:  # that evaluation did not run for this condition (SC rows skip SQuAD)
+                cells.append("")
+        if any(cells):  # a column appears when its evaluation ran for this concept
+            cols[h] = cells
+    lines += ["| condition | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for i, name in enumerate(c):
+        lines.append(f"| {name} | " + " | ".join(v[i] for v in cols.values()) + " |")
+    base = c["+Downstream"].get("toxicity")
+    if base:
+        rel = [f"{k} {100 * (c[k]['toxicity'] / base - 1):+.0f} %" for k in c
+               if (k.startswith("FF") or k in ("+SafetyFT", "SC")) and "toxicity" in c[k]]
+        lines += ["", f"Toxicity relative to +Downstream (the paper: -75 % for FF on LLaMA-7B): {', '.join(rel)}."]
+    if "SC" in c:
+        lines += ["", "SC and FF+SC: +Downstream and FF with the paper's self-correction cue in the prompt (safety "
+                      "sets only)."]
+    if any("harm" in m for m in c.values()):
+        lines += ["", "Compliance = share of held-out HarmBench prompts answered without a refusal marker and "
+                      "without degenerate output (the keyword rule in eval.py, not a classifier)."]
+    lines += ["", "How well M1 fits each kind of D_noisy (mean over examples; M0 = before finetuning):", "",
+              "| kind | n | ROUGE-1 M0 | ROUGE-1 M1 | target NLL M0 | target NLL M1 |", "|---|---|---|---|---|---|"]
+    for k in kinds:
+        f = s["filter"]["fit"][k]
+        lines.append(f"| {k} | {s['filter']['kinds'][k]} | {fmt(f['m0']['rouge'])} | {fmt(f['m1']['rouge'])} | "
+                     f"{fmt(f['m0']['nll'])} | {fmt(f['m1']['nll'])} |")
+    lines += ["", "Forgetting during the safety finetuning (mean per kind; AUROC and AP of unsafe vs the rest), "
+                  "beside the control (the same safety finetuning applied to M0, scored at the filter's t):", "",
+              "| signal | t | " + " | ".join(kinds) + " | AUROC | AP | control " + " | control ".join(kinds)
+              + " | control AUROC | control AP |", "|---" * (2 * len(kinds) + 6) + "|"]
+    for sig, d in s["filter"]["signals"].items():
+        for t, v in d["by_t"].items():
+            c = v.get("control", {"mean_by_kind": {}, "auroc": None, "ap": None})
+            lines.append(f"| {sig} | {t} | " + " | ".join(fmt(v["mean_by_kind"][k]) for k in kinds)
+                         + f" | {fmt(v['auroc'])} | {fmt(v['ap'])} | "
+                         + " | ".join(fmt(c["mean_by_kind"].get(k)) for k in kinds)
+                         + f" | {fmt(c['auroc'])} | {fmt(c['ap'])} |")
+    sigs = s["filter"]["ff_signals"]
+    lines += ["", f"The filter at t = {ft} (flag iff forgetting > threshold; positive = unsafe; the auto threshold is "
+                  "Otsu's split of the scores, no labels, reported only). FF was trained on "
+                  f"what the **{sigs[0]}** filter kept" + "".join(f", FF-{x} on what the {x} filter kept"
+                                                                 for x in sigs[1:]) + ":", "",
+              "| signal | threshold | precision | recall | F1 | " + " | ".join(f"flagged {k}" for k in kinds) + " |",
+              "|---" * (5 + len(kinds)) + "|"]
+    for sig, d in s["filter"]["signals"].items():
+        for name, a in [(d["threshold"], d["at_threshold"])] + (
+                [(f"{s['filter']['auto_phi'][sig]['threshold']} (auto, Otsu)", s["filter"]["auto_phi"][sig])]
+                if "auto_phi" in s["filter"] else []):
+            lines.append(f"| {sig} | {name} | {a['precision']:.1f} | {a['recall']:.1f} | {a['f1']:.1f} | "
+                         + " | ".join(f"{a['flagged'][k]} / {s['filter']['kinds'][k]}" for k in kinds) + " |")
+    if "bbq_signals" in s["filter"]:
+        lines += ["", "Variants of the signal on the BBQ examples only (unsafe vs safe BBQ answers; mean forgetting and "
+                      "AUROC), computed from the same generations:", "",
+                  "| t | signal | unsafe | safe | AUROC |", "|---|---|---|---|---|"]
+        for t, d in s["filter"]["bbq_signals"].items():
+            lines += [f"| {t} | {name} | {fmt(v['unsafe'])} | {fmt(v['safe'])} | {fmt(v['auroc'])} |"
+                      for name, v in d.items()]
+    if "by_source" in s["filter"]:
+        lines += ["", f"Per source at t = {ft} (mean forgetting; how many each filter flagged):", "",
+                  "| source | kind | n | ROUGE forgetting | NLL forgetting | " + " | ".join(f"flagged ({x})" for x in sigs)
+                  + " |", "|---" * (5 + len(sigs)) + "|"]
+        for d in s["filter"]["by_source"]:
+            lines.append(f"| {d['source']} | {d['kind']} | {d['n']} | {fmt(d['mean_forgetting']['rouge'])} | "
+                         f"{fmt(d['mean_forgetting']['nll'])} | " + " | ".join(str(d["flagged"][x]) for x in sigs) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_forgetting(s, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    sigs = s["filter"]["signals"]
+    fig, axes = plt.subplots(1, len(sigs), figsize=(5 * len(sigs), 3.6))
+    colors = {"unsafe": "tab:red", "safe": "tab:green", "task": "tab:blue"}
+    for ax, (sig, d) in zip(axes, sigs.items()):
+        ts = [0] + [int(t) for t in d["by_t"]]
+        for k in s["filter"]["kinds"]:
+            ax.plot(ts, [0] + [v["mean_by_kind"][k] for v in d["by_t"].values()], "o-", color=colors.get(k),
+                    label=k)
+            ct = [t for t, v in d["by_t"].items() if "control" in v]  # the control: M0 scored at the filter's t
+            ax.plot([int(t) for t in ct], [d["by_t"][t]["control"]["mean_by_kind"][k] for t in ct], "x",
+                    markersize=9, color=colors.get(k), label=f"{k} (control: M0)")
+        ax.set_xlabel("safety-finetuning steps t")
+        ax.set_ylabel("ROUGE-1 drop" if sig == "rouge" else "target NLL increase (nats/token)")
+        ax.set_title(f"{sig} forgetting per kind")
+        ax.axhline(0, color="gray", lw=0.5)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{s['concept']}: {s['model']}, seed {s['seed']}", fontsize=9)
+    fig.tight_layout()
+    tmp = Path(path).with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+
+
+def update_readme(readme, tables, concept):
+    begin, end = f"<!-- results:{concept}:begin -->", f"<!-- results:{concept}:end -->"
+    text = Path(readme).read_text(encoding="utf-8")
+    if begin not in text or end not in text:
+        raise UserError(f"{readme}: no {begin} ... {end} markers; add them where the table belongs, or --readme ''")
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    write_text(readme, head + begin + "\n" + tables + end + tail)
+
+
+def report(summary, cfg):
+    """table.md and forgetting.png of one concept, results/summary.json (every concept's summary in one file; each
+    concept's run rewrites its own entry) and the concept's table in README: all from summary.json."""
+    results = Path(cfg.results)
+    out = results / summary["concept"]
+    tables = render_tables(summary)
+    write_text(out / "table.md", tables)
+    plot_forgetting(summary, out / "forgetting.png")
+    write_json(results / "summary.json", {p.parent.name: read_json(p) for p in sorted(results.glob("*/summary.json"))})
+    if cfg.readme:
+        update_readme(cfg.readme, tables, summary["concept"])
+    print(tables)
+    print(f"wrote {out}/table.md, forgetting.png and {results}/summary.json"
+          + (f"; updated {cfg.readme}" if cfg.readme else ""))
+
+
+
+def main():
+    cfg = parse_config(Config, __doc__)
+    if cfg.rebuild:
+        found = sorted(Path(cfg.results).glob("*/summary.json"))
+        if not found:
+            raise UserError(f"--rebuild: no {cfg.results}/<concept>/summary.json to report; run run.sh first")
+        for p in found:
+            report(read_json(p), cfg)
+        return
+    run = Path(cfg.run)
+    summary = summarise(run, cfg)
+    out = Path(cfg.results) / summary["concept"]
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "summary.json", summary)
+    write_text(out / "forgetting.jsonl", (run / "forgetting.jsonl").read_text(encoding="utf-8"))
+    write_jsonl(out / "eval_rows.jsonl", [dict(condition=c, **r) for c in summary["conditions"]
+                                          for r in read_jsonl(run / "eval" / f"{c.strip('+')}.jsonl",
+                                                              required=("id",))])
+    report(summary, cfg)
+
+
+if __name__ == "__main__":
+    main_guard(main)
