@@ -141,8 +141,12 @@ MAIN_COLUMNS = {  # header -> value from a condition's metrics; a column appears
 
 
 def render_tables(s):
-    kinds = list(s["filter"]["kinds"])
-    ft = str(s["filter"]["filter_t"])
+    """The setting's whole block: the conditions, then the filter (fit, forgetting, thresholds, breakdowns)."""
+    return "\n".join(condition_lines(s) + filter_lines(s)) + "\n"
+
+
+def condition_lines(s):
+    """The run's provenance line and one row per compared condition, with the notes its columns need."""
     c = s["conditions"]
     lines = [f"Concept **{s['concept']}**. Model `{s['model']}`, seed {s['seed']}, {s['hardware']}, "
              f"torch {s['torch']}, {s['precision']}" + (f"; toxicity scorer **{s['scorer']}**" if s.get("scorer") else "")
@@ -176,7 +180,14 @@ def render_tables(s):
     if any("harm" in m for m in c.values()):
         lines += ["", "Compliance = share of held-out HarmBench prompts answered without a refusal marker and "
                       "without degenerate output (the keyword rule in eval.py, not a classifier)."]
-    lines += ["", "How well M1 fits each kind of D_noisy (mean over examples; M0 = before finetuning):", "",
+    return lines
+
+
+def filter_lines(s):
+    """How well M1 fits each kind, the forgetting per kind and t beside the control, the filter at its thresholds, and
+    the per-source and BBQ breakdowns where the setting has them."""
+    kinds, ft = list(s["filter"]["kinds"]), str(s["filter"]["filter_t"])
+    lines = ["", "How well M1 fits each kind of D_noisy (mean over examples; M0 = before finetuning):", "",
               "| kind | n | ROUGE-1 M0 | ROUGE-1 M1 | target NLL M0 | target NLL M1 |", "|---|---|---|---|---|---|"]
     for k in kinds:
         f = s["filter"]["fit"][k]
