@@ -231,7 +231,7 @@ def filter_lines(s):
         for d in s["filter"]["by_source"]:
             lines.append(f"| {d['source']} | {d['kind']} | {d['n']} | {fmt(d['mean_forgetting']['rouge'])} | "
                          f"{fmt(d['mean_forgetting']['nll'])} | " + " | ".join(str(d["flagged"][x]) for x in sigs) + " |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def plot_forgetting(s, path):
