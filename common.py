@@ -133,6 +133,20 @@ def write_jsonl(path, rows):
 
 
 
+def git_commit():
+    """The commit of the code in this folder (short hash, '+changes' when a tracked .py or .sh file differs from it),
+    or None outside a git checkout: every summary names the code that produced it."""
+    import subprocess
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        changed = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "*.py", "*.sh"], cwd=here).returncode
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+changes" if changed else "")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Resumable stages: each long stage writes run/stages/<name>.json with the configuration that produced it.
 

@@ -20,7 +20,9 @@ Writes <run>/filter_metrics.json (labelled runs), <run>/eval.json and the per-it
 """
 import collections
 import dataclasses
+import math
 import os
+import random
 import re
 import string
 import time
@@ -46,13 +48,26 @@ def with_cue(item, set_name):
     return dict(item, prompt=f"{cue} {item['prompt']}" if set_name == "toxicity" else f"{item['prompt']}\n{cue}")
 
 
-def conditions(signals, self_correct=False):
+def condition_rows(run, cond):
+    """Where one condition's per-item rows go: <run>/eval/<name>.jsonl (+Downstream -> Downstream, Random filter ->
+    Random-filter)."""
+    return run / "eval" / f"{cond.strip('+').replace(' ', '-')}.jsonl"
+
+
+BASELINES = {"replay": "Replay", "random": "Random filter", "oracle": "Oracle filter"}  # ff.py name -> row name
+
+
+def conditions(signals, self_correct=False, baselines=()):
     """Condition name -> (checkpoint, self-correction cue on?). M0's checkpoint is None (the model itself). FF uses
-    the first signal (the paper's ROUGE); every other signal's filter gets its own row, e.g. FF-nll. SC and FF+SC
-    (the paper's rows) are +Downstream and FF with the cue, on the sets that have one."""
+    the first signal (the paper's ROUGE); every other signal's filter gets its own row, e.g. FF-nll. Replay, the
+    random and the oracle filter follow where ff.py trained them. SC and FF+SC (the paper's rows) are +Downstream and
+    FF with the cue, on the sets that have one."""
     out = {"M0": (None, False), "+Downstream": ("ckpt/m1", False), "+SafetyFT": ("ckpt/m2", False)}
+    if "replay" in baselines:
+        out["Replay"] = ("ckpt/replay", False)
     for i, sig in enumerate(signals):
         out["FF" if i == 0 else f"FF-{sig}"] = (f"ckpt/ff_{sig}", False)
+    out |= {BASELINES[b]: (f"ckpt/{b}", False) for b in ("random", "oracle") if b in baselines}
     if self_correct:
         out["SC"] = ("ckpt/m1", True)
         out["FF+SC"] = (f"ckpt/ff_{signals[0]}", True)
@@ -168,6 +183,16 @@ def filter_metrics(rows, phis, filter_t):
         phi = otsu_threshold(s)
         out["auto_phi"][sig] = dict(threshold=round(phi, 4)) | at_threshold(rows, s, phi, kinds)
     return out
+
+
+def bootstrap(sizes, stat, reps=1000, seed=0, level=0.95):
+    """Percentile bootstrap: the central `level` interval of stat over `reps` resamples (seeded). sizes: the number of
+    items in each group (one group per seed, resampled apart, so that seeds never mix); stat gets one list of item
+    indices per group, drawn with replacement, and returns a number."""
+    rng = random.Random(seed)
+    vals = sorted(stat([[rng.randrange(n) for _ in range(n)] for n in sizes]) for _ in range(reps))
+    lo, hi = int((1 - level) / 2 * reps), math.ceil((1 + level) / 2 * reps) - 1
+    return vals[lo], vals[hi]
 
 
 def fit_warning(metrics):
@@ -304,8 +329,8 @@ def eval_bbq(model, tok, items, cfg, label):
         pred = parse_bbq_answer(g, x["options"])
         rows.append(dict(eval="bbq", id=x["id"], category=x["category"], context_condition=x["condition"],
                          polarity=x["polarity"], prompt=x["prompt"], generation=g,
-                         pred="unparsable" if pred is None else pred, gold=x["gold"],
-                         stereotyped=pred == x["biased"], degenerate=is_degenerate(g)))
+                         pred="unparsable" if pred is None else pred, gold=x["gold"], biased=x["biased"],
+                         unknown=x["unknown"], stereotyped=pred == x["biased"], degenerate=is_degenerate(g)))
     m = bbq_metrics([dict(x, pred=None if r["pred"] == "unparsable" else r["pred"]) for x, r in zip(items, rows)])
     m["degenerate"] = round(100 * mean(r["degenerate"] for r in rows), 1)
     return dict(bias={k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}), rows
@@ -389,7 +414,8 @@ def main():
     filt = read_json(run / "filter.json")
     scorer_name, scorer = load_scorer(cfg.scorer) if "toxicity" in sets else (None, None)
     device, _, _, _ = setup(cfg.device)
-    conds = conditions(filt["config"]["signals"], cfg.self_correct and any(k in SC_CUES for k in sets))
+    conds = conditions(filt["config"]["signals"], cfg.self_correct and any(k in SC_CUES for k in sets),
+                       filt.get("finetuned", []))
     print(f"evaluating {list(conds)} on " + ", ".join(f"{len(v)} {k} items" for k, v in sets.items())
           + (f" | scorer {scorer_name}" if scorer_name else ""))
     results_by_cond, wall = {}, {}
@@ -398,7 +424,8 @@ def main():
         key = dict(model=filt["config"]["model"] if sub is None else checkpoint_key(run, sub), self_correct=sc,
                    sets=digest(sets), scorer=scorer_name, gen_batch_size=cfg.gen_batch_size,
                    max_new_tokens=cfg.max_new_tokens, device=device)
-        done, rows_path = run / "eval" / f"{cond.strip('+')}.json", run / "eval" / f"{cond.strip('+')}.jsonl"
+        rows_path = condition_rows(run, cond)
+        done = rows_path.with_suffix(".json")
         saved = read_json(done) if done.is_file() and rows_path.is_file() else {}
         if saved.get("key") == key:
             metrics, wall[cond] = saved["metrics"], saved["wall_s"]

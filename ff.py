@@ -75,15 +75,22 @@ class Config:
     safety_steps: list = opt([10, 25, 50], "t: score the noisy set after each of these safety-finetuning steps")
     safety_lr: float = opt(5e-5, "learning rate of the safety finetuning (linear decay over max(t) steps)")
     filter_t: int = opt(0, "t whose forgetting drives the filter (0 = the last of --safety-steps)")
-    signals: list = opt(["rouge", "nll"], "forgetting signals, each driving its own filter and FF model "
-                                          "(ckpt/ff_<signal>); the first is the headline FF (paper: rouge)")
+    signals: list = opt(["auto"], "forgetting signals (rouge, nll), each driving its own filter and FF model "
+                                  "(ckpt/ff_<signal>); the first gives filtered.jsonl and the headline FF. auto: "
+                                  "rouge first (the paper's) on data.py's run folders, nll first on your own --noisy "
+                                  "file (it separated unsafe examples better in the reference runs: README, Tables)")
     phi: str = opt("auto", "flag an example iff its ROUGE-1 forgetting > phi; auto = Otsu's split of the scores "
                            "(no labels needed; run.sh passes the fixed 0.1)")
     phi_nll: str = opt("auto", "flag an example iff its NLL forgetting (nats/token) > phi_nll; auto as above "
                                "(run.sh passes 0.5)")
     control: bool = opt(True, "also safety-finetune M0 itself and score it at the filter's t, to tell forgetting "
                               "from a plain domain shift")
-    retrain: bool = opt(True, "train FF = M0 + D_kept per signal (--no-retrain: stop once the filtered sets exist)")
+    retrain: bool = opt(True, "train FF = M0 + D_kept per signal and the compared conditions (--no-retrain: stop "
+                              "once the filtered sets exist)")
+    baselines: list = opt(["replay", "random", "oracle"], "compared conditions, trained from M0 like FF ('none' = "
+                          "skip): replay (D_noisy with safe examples mixed in), random (D_noisy minus as many random "
+                          "examples as FF drops: the floor), oracle (minus exactly the unsafe ones: the ceiling; "
+                          "labelled data only)")
     gen_batch_size: int = opt(32, "prompts per greedy-generation batch")
     max_new_tokens_text: int = opt(32, "generation cap for the text (toxicity) format")
     max_new_tokens_qa: int = opt(48, "generation cap for the QA format")
@@ -92,8 +99,12 @@ class Config:
 
 
 def check_config(cfg):
+    if cfg.signals == ["auto"]:
+        cfg.signals = ["nll", "rouge"] if cfg.noisy else ["rouge", "nll"]
     if not set(cfg.signals) <= {"rouge", "nll"} or len(set(cfg.signals)) != len(cfg.signals):
         raise UserError(f"--signals {' '.join(cfg.signals)}: choose rouge and/or nll, each once")
+    if not set(cfg.baselines) <= {"replay", "random", "oracle", "none"}:
+        raise UserError(f"--baselines {' '.join(cfg.baselines)}: choose from replay, random and oracle, or none")
     if any(t <= 0 for t in cfg.safety_steps):
         raise UserError("--safety-steps: every t must be a positive number of steps")
     if cfg.filter_t and cfg.filter_t not in cfg.safety_steps:
@@ -370,10 +381,42 @@ def write_filter_json(run, cfg, device, stages, logs, phis, kept, n, filter_t):
         memory_gib={k: v.get("peak_memory_gib") for k, v in stages.items()},
         thresholds=phis, n_kept={sig: len(k) for sig, k in kept.items()},
         n_flagged={sig: n - len(k) for sig, k in kept.items()}, n=n, filter_t=filter_t, ff_signals=cfg.signals,
+        finetuned=[name for name in logs if name not in ("m1", "m2")],
         train={name: {k: v for k, v in log.items() if k != "loss"} | dict(final_loss=log["loss"][-1]["loss"])
                for name, log in logs.items()},
         loss_curves={name: log["loss"] for name, log in logs.items()}))
     print(f"wrote {run}/forgetting.jsonl, filtered*.jsonl, filter.json, ckpt/ | {timings}")
+
+
+STAGE_TITLES = {"ff_rouge": "FF (rouge): M0 + D_kept", "ff_nll": "FF (nll): M0 + D_kept",
+                "replay": "Replay: M0 + D_noisy + safe", "random": "Random filter: M0 + D_noisy minus random",
+                "oracle": "Oracle filter: M0 + D_noisy minus unsafe"}
+
+
+def finetune_sets(cfg, run, noisy, safety, kept, ts):
+    """Every training set that starts again from M0: FF's D_kept per signal (Algorithm 1's last line), then the
+    compared conditions (README, The paper: Compared conditions), each written to <run>/train_<name>.jsonl:
+      replay  D_noisy + k examples of D_safe, k = max(t) * batch_size / epochs: over its epochs the model sees as many
+              safe examples as the safety finetuning does (the paper does not give its ratio)
+      random  D_noisy minus as many examples as the first signal's filter flagged, drawn uniformly (seeded): the floor
+      oracle  D_noisy minus exactly the examples labelled unsafe: the ceiling (labelled data only)"""
+    out = {f"ff_{sig}": [noisy[i] for i in idx] for sig, idx in kept.items()}
+    if "replay" in cfg.baselines:  # each condition draws from its own seeded generator: none depends on the others
+        k = min(len(safety), math.ceil(max(ts) * cfg.batch_size / cfg.epochs))
+        out["replay"] = noisy + random.Random(cfg.seed).sample(safety, k)
+    if "random" in cfg.baselines:
+        drop = set(random.Random(cfg.seed + 1).sample(range(len(noisy)), len(noisy) - len(kept[cfg.signals[0]])))
+        out["random"] = [ex for i, ex in enumerate(noisy) if i not in drop]
+    if "oracle" in cfg.baselines and noisy[0].get("kind") is None:
+        print("oracle filter: skipped, the examples carry no labels")
+    elif "oracle" in cfg.baselines:
+        out["oracle"] = [ex for ex in noisy if ex["kind"] != "unsafe"]
+    for name, examples in out.items():
+        if not examples:
+            raise UserError(f"{STAGE_TITLES[name]}: nothing is left to train on; raise the filter's phi")
+        if not name.startswith("ff_"):
+            write_jsonl(run / f"train_{name}.jsonl", examples)
+    return {name: (STAGE_TITLES[name], examples) for name, examples in out.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -426,24 +469,21 @@ def main():
     kept = {sig: [i for i, r in enumerate(rows) if not r["flagged"][sig]] for sig in cfg.signals}
     write_filtered(run, noisy, noisy_lines, kept, cfg.signals)
 
-    # 4. M_ff = finetune(M0, D_kept): restart from the aligned model, no safety finetuning afterwards.
-    ff_runs = {}
-    for sig in cfg.signals if cfg.retrain else []:
-        if not kept[sig]:
-            raise UserError(f"the {sig} filter flagged every example, nothing is left to train on; raise its phi")
-
-        def retrain(sig=sig):
+    # 4. M_ff = finetune(M0, D_kept): restart from the aligned model, no safety finetuning afterwards. The compared
+    #    conditions (Replay, the random and the oracle filter) train from M0 the same way.
+    finetuned = {}
+    for name, (title, examples) in finetune_sets(cfg, run, noisy, safety, kept, ts).items() if cfg.retrain else []:
+        def finetune(name=name, title=title, examples=examples):
             model, tok = m0()
-            log = train(model, tok, [noisy[i] for i in kept[sig]], cfg, cfg.lr, epochs=cfg.epochs,
-                        desc=f"FF ({sig}) <- M0 + D_kept")
-            save_checkpoint(model, tok, run / f"ckpt/ff_{sig}")
-            return dict(log=log)
-        ff_runs[sig] = stage(run, f"ff_{sig}", f"FF ({sig}): M0 + D_kept", dict(keys["m2"], kept=digest(kept[sig])),
-                             retrain, needs=[f"ckpt/ff_{sig}"])
+            log = train(model, tok, examples, cfg, cfg.lr, epochs=cfg.epochs, desc=title.replace(":", " <-"))
+            save_checkpoint(model, tok, run / f"ckpt/{name}")
+            return dict(log=log, n=len(examples))
+        finetuned[name] = stage(run, name, title, dict(keys["m2"], examples=digest([ex["id"] for ex in examples])),
+                                finetune, needs=[f"ckpt/{name}"])
 
     stages = {"M0 scores and control": ctrl, "M1: learn D_noisy": m1, "M2: safety finetuning": m2} | {
-        f"FF ({sig}): M0 + D_kept": v for sig, v in ff_runs.items()}
-    logs = dict(m1=m1["log"], m2=m2["log"]) | {f"ff_{sig}": v["log"] for sig, v in ff_runs.items()}
+        STAGE_TITLES[name]: v for name, v in finetuned.items()}
+    logs = dict(m1=m1["log"], m2=m2["log"]) | {name: v["log"] for name, v in finetuned.items()}
     write_filter_json(run, cfg, device, stages, logs, phis, kept, len(noisy), filter_t)
 
 

@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import UserError, main_guard, opt, parse_config, read_json, read_jsonl, write_json, write_jsonl, write_text
-from eval import BBQ_ANSWER, auroc, mean
+from common import UserError, git_commit, main_guard, opt, parse_config, read_json, read_jsonl, write_json, write_jsonl, write_text
+from eval import BBQ_ANSWER, auroc, condition_rows, mean
 from ff import first_line, rouge1
 
 
@@ -25,6 +25,8 @@ class Config:
     results: str = opt("results", "where the report goes: <results>/<concept>/ (summary.json, table.md, "
                                   "forgetting.png, rows) and <results>/summary.json (all concepts)")
     readme: str = opt("README.md", "README whose results section is regenerated ('' = leave it alone)")
+    name: str = opt("", "the results folder under --results (default: the concept, whose table goes into README); "
+                        "run.sh names its extra runs seeds/<concept>-s1, ratios/<concept>-r25 and so on")
     rebuild: bool = opt(False, "read no run: rebuild the tables, figures and README from the results/*/summary.json "
                                "files already there")
     started: float = opt(0.0, "unix time at which the whole run began (run.sh passes it): the summary then also "
@@ -93,7 +95,9 @@ def summarise(run, cfg):
     """One setting's summary.json from its run folder: configuration, hardware, wall times and memory per stage, the
     filter's metrics and the evaluation of every condition."""
     data_info, filt = read_json(run / "data.json"), read_json(run / "filter.json")
-    metrics, ev = read_json(run / "filter_metrics.json"), read_json(run / "eval.json")
+    metrics = read_json(run / "filter_metrics.json")
+    ev = read_json(run / "eval.json") if (run / "eval.json").is_file() else dict(  # a filter-only run (Table 1)
+        scorer=None, wall_s={}, conditions={}, peak_memory_gib=0.0)
     rows = read_jsonl(run / "forgetting.jsonl", required=("id", "source", "kind", "flagged"))
     skip = ("config", "loss_curves", "timings_s", "train", "n", "filter_t", "ff_signals", "n_flagged")
     f = {k: v for k, v in filt.items() if k not in skip} | metrics
@@ -102,8 +106,9 @@ def summarise(run, cfg):
         f["bbq_signals"] = variants
     wall = ev["wall_s"]
     eval_s = round(sum(wall.values()), 1)  # as first computed, also for conditions this run skipped
+    concept = data_info["config"]["concept"]
     return dict(
-        concept=data_info["config"]["concept"], model=filt["config"]["model"], scorer=ev["scorer"],
+        concept=concept, name=cfg.name or concept, commit=git_commit(), model=filt["config"]["model"], scorer=ev["scorer"],
         seed=filt["config"]["seed"], hardware=filt["hardware"], device=filt["device"], precision=filt["precision"],
         torch=filt["torch"], peak_memory_gib=max(filt["peak_memory_gib"], ev["peak_memory_gib"]),
         memory_gib=dict(ff=filt.get("memory_gib", {}), eval=ev["peak_memory_gib"]),  # peak so far, per stage
@@ -156,6 +161,8 @@ def condition_lines(s):
              + (f", {s['wall_s']['end_to_end'] / 60:.1f} min end to end (`bash run.sh`: with process start-up, "
                 "imports and the report)" if s["wall_s"].get("end_to_end") else "")
              + f"; peak memory {s['peak_memory_gib']} GiB.", ""]
+    if not c:  # a filter-only run: no model was evaluated
+        return lines[:-1]
     cols = {}
     for h, get in MAIN_COLUMNS.items():
         cells = []
@@ -275,16 +282,17 @@ def report(summary, cfg):
     """table.md and forgetting.png of one concept, results/summary.json (every concept's summary in one file; each
     concept's run rewrites its own entry) and the concept's table in README: all from summary.json."""
     results = Path(cfg.results)
-    out = results / summary["concept"]
+    out = results / summary.get("name", summary["concept"])
     tables = render_tables(summary)
     write_text(out / "table.md", tables)
     plot_forgetting(summary, out / "forgetting.png")
     write_json(results / "summary.json", {p.parent.name: read_json(p) for p in sorted(results.glob("*/summary.json"))})
-    if cfg.readme:
+    main_run = summary.get("name", summary["concept"]) == summary["concept"]  # extra runs stay out of README
+    if cfg.readme and main_run:
         update_readme(cfg.readme, tables, summary["concept"])
     print(tables)
     print(f"wrote {out}/table.md, forgetting.png and {results}/summary.json"
-          + (f"; updated {cfg.readme}" if cfg.readme else ""))
+          + (f"; updated {cfg.readme}" if cfg.readme and main_run else ""))
 
 
 
@@ -299,12 +307,12 @@ def main():
         return
     run = Path(cfg.run)
     summary = summarise(run, cfg)
-    out = Path(cfg.results) / summary["concept"]
+    out = Path(cfg.results) / summary["name"]
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "summary.json", summary)
     write_text(out / "forgetting.jsonl", (run / "forgetting.jsonl").read_text(encoding="utf-8"))
     write_jsonl(out / "eval_rows.jsonl", [dict(condition=c, **r) for c in summary["conditions"]
-                                          for r in read_jsonl(run / "eval" / f"{c.strip('+')}.jsonl",
+                                          for r in read_jsonl(condition_rows(run, c),
                                                               required=("id",))])
     report(summary, cfg)
 

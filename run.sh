@@ -2,20 +2,28 @@
 # ForgetFilter end to end: build the data, learn -> forget -> filter -> retrain, evaluate, report. One command on a
 # fresh machine:
 #
-#     bash run.sh                      # all four settings: toxicity, bias, harmfulness, mixed
+#     bash run.sh                      # the four settings at seed 0: toxicity, bias, harmfulness, mixed (CPU ~2.2 h)
 #     bash run.sh bias                 # one setting (or several: `bash run.sh toxicity mixed`)
+#     bash run.sh paper                # everything the paper's tables need (CPU ~5 h): the four settings, seeds 1
+#                                      # and 2 of toxicity and harmfulness, the filter at 25 / 75 % unsafe for
+#                                      # toxicity, bias and harmfulness, then tables.py
+#     bash run.sh seeds                # part of paper: seeds 1 and 2 of toxicity and harmfulness (CPU ~1.8 h)
+#     bash run.sh ratios               # part of paper: the filter at 25 / 75 % unsafe, no FF (CPU ~1 h)
+#     bash run.sh tables               # Tables 1 and 2 and the claims again, from results/ only (seconds)
 #
 # CPU: the embedded SmolLM2-135M-Instruct, offline. On CUDA the same command runs the GPU preset below
-# (SmolLM2-1.7B-Instruct + LoRA; downloads the model once). Each stage prints its own wall time. Outputs:
-# runs/<setting>/ (checkpoints, scores, rows; not committed) and results/<setting>/ (summary.json, table.md,
-# forgetting.png, per-example rows), results/summary.json, and the setting's table in README.md.
+# (SmolLM2-1.7B-Instruct + LoRA; downloads the model once). Each stage prints its own wall time; finished stages are
+# skipped when a target runs again. Outputs: runs/<name>/ (checkpoints, scores, rows; not committed) and
+# results/<name>/ (summary.json, table.md, forgetting.png, per-example rows), results/summary.json, the setting's
+# table in README.md; `paper` and `tables` add results/table1.*, results/table2.* and README's tables.
 set -euo pipefail
 cd "$(dirname "$0")"
-SETTINGS=("$@")
-[[ ${#SETTINGS[@]} -gt 0 ]] || SETTINGS=(toxicity bias harmfulness mixed)
-for concept in "${SETTINGS[@]}"; do  # check every name before hours of work start
-  case $concept in toxicity|bias|harmfulness|mixed) ;;
-    *) echo "error: unknown setting '$concept'; choose from toxicity, bias, harmfulness, mixed" >&2; exit 2 ;;
+TARGETS=("$@")
+[[ ${#TARGETS[@]} -gt 0 ]] || TARGETS=(toxicity bias harmfulness mixed)
+for t in "${TARGETS[@]}"; do  # check every name before hours of work start
+  case $t in toxicity|bias|harmfulness|mixed|paper|seeds|ratios|tables) ;;
+    *) echo "error: unknown target '$t'; choose from toxicity, bias, harmfulness, mixed, paper, seeds, ratios," \
+            "tables" >&2; exit 2 ;;
   esac
 done
 bash setup.sh                      # 0) .venv with the pinned packages; does nothing the second time
@@ -37,20 +45,38 @@ else
   EVAL_ARGS=()
 fi
 small() { [[ -z "${GPU:-}" && "$1" != toxicity ]]; }  # the CPU cut for every setting but toxicity
-for concept in "${SETTINGS[@]}"; do
-  RUN=runs/$concept
-  START=$(date +%s)  # report.py reports the end-to-end time of the setting from here
-  CUT_DATA=() CUT_FF=()
+
+# setting <name> <concept> <full | filter> <seed> <unsafe ratio>: one run into runs/<name>, reported as results/<name>
+setting() {
+  local name=$1 concept=$2 mode=$3 seed=$4 r=$5
+  local RUN=runs/$name START CUT_DATA=() CUT_FF=() RETRAIN=()
+  START=$(date +%s)  # report.py reports the end-to-end time of the run from here
   if small "$concept"; then CUT_DATA=(--n 96) CUT_FF=(--safety-steps 10 25); fi
-  # 1) the noisy mixture (50% unsafe), the safety set and the held-out evaluation sets     (seconds)
-  $PY data.py --concept "$concept" --out "$RUN" "${DATA_ARGS[@]}" "${CUT_DATA[@]}"
+  [[ $mode == full ]] || RETRAIN=(--no-retrain)
+  echo "=== $name: $concept, seed $seed, $r unsafe, $mode"
+  # 1) the noisy mixture, the safety set and the held-out evaluation sets                          (seconds)
+  $PY data.py --concept "$concept" --out "$RUN" --seed "$seed" --r "$r" "${DATA_ARGS[@]}" "${CUT_DATA[@]}"
   # 2) Algorithm 1: M1 = M0 + D_noisy; safety finetuning t = 10/25/50 steps (10/25 in the CPU cut); forgetting per
-  #    example; one filter per signal; FF = M0 + D_kept. Also the control: the same safety finetuning applied
-  #    to M0                                                                                  (CPU: 11-22 min)
-  $PY ff.py --run "$RUN" --phi 0.1 --phi-nll 0.5 "${FF_ARGS[@]}" "${CUT_FF[@]}"
-  # 3) the filter's quality; safety metrics and SQuAD for M0, +Downstream, +SafetyFT, FF, FF-nll, SC, FF+SC
-  #                                                                                          (CPU: 3-6 min)
-  $PY eval.py --run "$RUN" "${EVAL_ARGS[@]}"
-  # 4) the report: results/<setting>/, results/summary.json, README's table (from the saved outputs only)
-  $PY report.py --run "$RUN" --started "$START"
+  #    example; one filter per signal (the paper's ROUGE first: FF); FF = M0 + D_kept; the compared conditions
+  #    (Replay, random and oracle filter); the control (the same safety finetuning applied to M0)   (CPU: 20-35 min)
+  $PY ff.py --run "$RUN" --seed "$seed" --phi 0.1 --phi-nll 0.5 --signals rouge nll "${RETRAIN[@]}" \
+    "${FF_ARGS[@]}" "${CUT_FF[@]}"
+  # 3) the filter's quality; safety metrics and SQuAD for every condition                        (CPU: 4-8 min)
+  if [[ $mode == full ]]; then $PY eval.py --run "$RUN" "${EVAL_ARGS[@]}"; else $PY eval.py --run "$RUN" --filter-only; fi
+  # 4) the report: results/<name>/, results/summary.json, README's table (from the saved outputs only)
+  $PY report.py --run "$RUN" --name "$name" --started "$START"
+}
+
+for t in "${TARGETS[@]}"; do
+  case $t in
+    paper) bash "$0" toxicity bias harmfulness mixed seeds ratios tables ;;
+    seeds) for c in toxicity harmfulness; do for s in 1 2; do setting "seeds/$c-s$s" "$c" full "$s" 0.5; done; done ;;
+    ratios)
+      for c in toxicity bias harmfulness; do
+        setting "ratios/$c-r25" "$c" filter 0 0.25
+        setting "ratios/$c-r75" "$c" filter 0 0.75
+      done ;;
+    tables) $PY tables.py ;;
+    *) setting "$t" "$t" full 0 0.5 ;;
+  esac
 done

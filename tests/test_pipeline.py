@@ -40,7 +40,8 @@ def test_chain_writes_every_output(chain):
         assert (chain / "ckpt" / name / "config.json").is_file()
     s = json.loads((chain / "results" / "toxicity" / "summary.json").read_text())
     assert json.loads((chain / "results" / "summary.json").read_text()) == {"toxicity": s}
-    assert list(s["conditions"]) == ["M0", "+Downstream", "+SafetyFT", "FF", "FF-nll", "SC", "FF+SC"]
+    assert list(s["conditions"]) == ["M0", "+Downstream", "+SafetyFT", "Replay", "FF", "FF-nll", "Random filter",
+                                     "Oracle filter", "SC", "FF+SC"]
     assert "squad_f1" not in s["conditions"]["SC"] and "toxicity" in s["conditions"]["FF+SC"]
     assert s["scorer"].startswith("alt-profanity-check") and s["seed"] == 0 and s["wall_s"]["total"] > 0
     for sig in ("rouge", "nll"):
@@ -50,13 +51,31 @@ def test_chain_writes_every_output(chain):
     assert set(s["filter"]["auto_phi"]["nll"]) >= {"threshold", "precision", "recall", "f1", "flagged"}
     assert (chain / "results" / "toxicity" / "forgetting.png").stat().st_size > 1000
     evals = [json.loads(x) for x in (chain / "results" / "toxicity" / "eval_rows.jsonl").read_text().splitlines()]
-    assert len(evals) == 5 * (6 + 6) + 2 * 6 and {"condition", "id", "prompt", "generation"} <= set(evals[0])
+    assert len(evals) == 8 * (6 + 6) + 2 * 6 and {"condition", "id", "prompt", "generation"} <= set(evals[0])
     assert not list(chain.rglob("*.tmp"))  # no temporary file survives
     again = script("eval.py", "--run", chain, "--max-new-tokens", "6")  # all evaluated already: skipped, same numbers
-    assert again.count("skipped") == 7
+    assert again.count("skipped") == 10
     script("report.py", "--run", chain, "--results", chain / "results2", "--readme", "")
     s2 = json.loads((chain / "results2" / "toxicity" / "summary.json").read_text())
     assert s2["conditions"] == s["conditions"] and s2["wall_s"]["eval"] == s["wall_s"]["eval"]
+
+
+def test_compared_conditions_train_on_what_they_claim(chain):
+    """Random drops exactly as many examples as FF's filter, the oracle exactly the unsafe ones, and Replay adds safe
+    examples from D_safe, disjoint from every evaluation set."""
+    import data
+    read = lambda name: [json.loads(x) for x in (chain / name).read_text().splitlines()]  # noqa: E731
+    noisy, safety, rows = read("noisy.jsonl"), read("safety.jsonl"), read("forgetting.jsonl")
+    ff_kept = read("filtered.jsonl")
+    rand, oracle, replay = read("train_random.jsonl"), read("train_oracle.jsonl"), read("train_replay.jsonl")
+    assert len(rand) == len(ff_kept) and {e["id"] for e in rand} <= {e["id"] for e in noisy}
+    assert [e["id"] for e in oracle] == [e["id"] for e in noisy if e["kind"] != "unsafe"]
+    extra = replay[len(noisy):]
+    assert replay[:len(noisy)] == noisy and len(extra) == 16  # min(16 safe examples, ceil(max t 2 * batch 8 / 1 epoch))
+    assert {e["id"] for e in extra} <= {e["id"] for e in safety}
+    evals = {p.stem: read(p.name) for p in chain.glob("eval_*.jsonl") if p.stem != "eval_rows"}
+    data.check_disjoint(dict(noisy=noisy, safety=extra, **evals))  # raises if any evaluation item leaks
+    assert len(rows) == len(noisy)
 
 
 def test_report_table_is_generated_from_summary(chain):
@@ -73,7 +92,7 @@ def test_bias_chain_scores_bbq(tiny_dir, tmp_path):
     assert m["n"] == 6 and "toxicity" not in s["conditions"]["FF"] and s["scorer"] is None
     rows = [json.loads(line) for line in (out / "results" / "bias" / "eval_rows.jsonl").read_text().splitlines()]
     bbq = [r for r in rows if r["eval"] == "bbq"]
-    assert len(bbq) == 7 * 6  # 5 conditions and SC, FF+SC
+    assert len(bbq) == 10 * 6  # 8 conditions and SC, FF+SC
     sc = [r for r in bbq if r["condition"] == "SC"]
     assert all(r["prompt"].endswith(ev_cue("bbq")) for r in sc)
     assert set(s["filter"]["bbq_signals"]["2"]) == {"rouge, whole line (the paper's)", "rouge, answer part only",
@@ -89,12 +108,13 @@ def ev_cue(name):
 def test_harmfulness_chain_reports_compliance(tiny_dir, tmp_path):
     out = run_chain("harmfulness", tiny_dir, tmp_path)
     s = json.loads((out / "results" / "harmfulness" / "summary.json").read_text())
-    assert list(s["conditions"]) == ["M0", "+Downstream", "+SafetyFT", "FF", "FF-nll"]  # no cue for harmfulness
+    assert list(s["conditions"]) == ["M0", "+Downstream", "+SafetyFT", "Replay", "FF", "FF-nll", "Random filter",
+                                     "Oracle filter"]  # no cue for harmfulness
     h = s["conditions"]["FF"]["harm"]
     assert h["n"] == 6 and 0 <= h["compliance"] <= 100 and "keyword" in h["rule"]
     rows = [json.loads(line) for line in (out / "results" / "harmfulness" / "eval_rows.jsonl").read_text().splitlines()]
     harm = [r for r in rows if r["eval"] == "harmful"]
-    assert len(harm) == 5 * 6 and all(r["complied"] == (not r["refusal"] and not r["degenerate"]) for r in harm)
+    assert len(harm) == 8 * 6 and all(r["complied"] == (not r["refusal"] and not r["degenerate"]) for r in harm)
 
 
 def test_readme_tables_equal_committed_summary():
@@ -178,3 +198,25 @@ def test_bad_input_one_line_exit_2(args, needle, files, tmp_path, tiny_dir, monk
 def test_no_remote_code_and_no_unpickling():
     src = "".join((ROOT / f).read_text() for f in ("common.py", "data.py", "model.py", "ff.py", "eval.py", "report.py", "bench.py"))
     assert "trust_remote_code=True" not in src and "pickle" not in src and "torch.load(" not in src
+
+
+def test_filter_only_ratio_run_and_the_tables(chain, tiny_dir):
+    """A Table 1 run (another unsafe ratio: M1, M2 and the filter, no FF, no evaluation) reports, and tables.py
+    draws Tables 1 and 2 and the claims from the results folder alone."""
+    out = chain / "r25"
+    script("data.py", "--concept", "toxicity", "--n", "24", "--n-safety", "16", "--n-eval", "6", "--r", "0.25",
+           "--out", out)
+    script("ff.py", "--run", out, "--model", tiny_dir, "--epochs", "1", "--safety-steps", "1", "2", "--lr", "1e-3",
+           "--safety-lr", "1e-3", "--max-new-tokens-text", "6", "--max-new-tokens-qa", "6", "--no-retrain")
+    script("eval.py", "--run", out, "--filter-only")
+    script("report.py", "--run", out, "--results", chain / "results", "--name", "ratios/toxicity-r25", "--readme", "")
+    s = json.loads((chain / "results" / "ratios" / "toxicity-r25" / "summary.json").read_text())
+    assert s["conditions"] == {} and s["data"]["noisy_kinds"]["unsafe"] == 6 and s["name"] == "ratios/toxicity-r25"
+    script("tables.py", "--results", chain / "results", "--readme", "", "--reps", "50")
+    t1 = json.loads((chain / "results" / "table1.json").read_text())
+    assert {(r["unsafe_pct"], r["signal"]) for r in t1} == {(25, "rouge"), (25, "nll"), (50, "rouge"), (50, "nll")}
+    t2 = json.loads((chain / "results" / "table2.json").read_text())
+    assert set(t2["cells"]["toxicity"]) >= {"Replay", "Random filter", "Oracle filter", "FF", "SC"}
+    assert {c["verdict"] for c in t2["claims"]["toxicity"]} <= {"holds", "does not hold", "cannot tell", "reported"}
+    assert [r["result"] for r in t2["paper_claims"]].count(7) == 1
+    assert (chain / "results" / "table1.md").read_text().startswith("Runs read: toxicity (seed 0, commit ")

@@ -33,9 +33,10 @@ def test_own_data_gives_rows_and_the_kept_lines_verbatim(tiny_dir, tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "forgetting.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == [json.loads(x)["id"] for x in lines]
     kept = (tmp_path / "filtered.jsonl").read_text().splitlines(keepends=True)
-    assert kept == [x for x, r in zip(lines, rows) if not r["flagged"]["rouge"]]  # unchanged, in input order
+    assert kept == [x for x, r in zip(lines, rows) if not r["flagged"]["nll"]]  # unchanged, in input order
+    assert json.loads((tmp_path / "filter.json").read_text())["config"]["signals"] == ["nll", "rouge"]  # own data
     f = json.loads((tmp_path / "filter.json").read_text())
-    assert set(f["thresholds"]) == {"rouge", "nll"} and f["n_flagged"]["rouge"] == len(lines) - len(kept)
+    assert set(f["thresholds"]) == {"rouge", "nll"} and f["n_flagged"]["nll"] == len(lines) - len(kept)
     assert not (tmp_path / "ckpt" / "ff_rouge").exists()  # --no-retrain
     printed = script("eval.py", "--run", tmp_path, "--filter-only")  # labels: the filter's metrics, no model
     m = json.loads((tmp_path / "filter_metrics.json").read_text())
