@@ -31,6 +31,9 @@ class Config:
 # ---------------------------------------------------------------------------------------------------------------
 # Loading runs: one entry per seed, each with its summary and its per-item rows.
 
+STALE = []  # runs left out: made by code older than these tables (no commit recorded); `bash run.sh paper` redoes them
+
+
 def load_setting(results, concept):
     """Every seed of one setting at 50 % unsafe: [dict(seed, summary, rows by condition and set, forgetting rows)]."""
     dirs = [results / concept] + sorted((results / "seeds").glob(f"{concept}-s*"))
@@ -39,6 +42,9 @@ def load_setting(results, concept):
         if not (d / "summary.json").is_file():
             continue
         s = read_json(d / "summary.json")
+        if "commit" not in s:  # written before the compared conditions and the rows the intervals need existed
+            STALE.append(str(d))
+            continue
         rows = {}
         for r in read_jsonl(d / "eval_rows.jsonl", required=("condition", "eval", "id")):
             rows.setdefault(r["condition"], {}).setdefault(r["eval"], []).append(r)
@@ -171,6 +177,9 @@ def ratio_runs(results, concept):
     for d in [results / concept] + sorted((results / "ratios").glob(f"{concept}-r*")):
         if (d / "summary.json").is_file():
             s = read_json(d / "summary.json")
+            if "commit" not in s:
+                STALE.append(str(d))
+                continue
             out.append((round(100 * s["data"]["config"]["r"]), s, d))
     return sorted(out, key=lambda x: x[0])
 
@@ -355,7 +364,8 @@ def provenance(settings, results):
              for c, runs in settings.items() for r in runs]
     names += [f"{s.get('name', s['concept'])} (r {s['data']['config']['r']}, commit {s.get('commit', 'not recorded')})"
               for c in CONCEPTS for pct, s, _ in ratio_runs(results, c) if pct != 50]
-    return "Runs read: " + ", ".join(names) + "."
+    stale = f" Left out (older code, to be run again): {', '.join(sorted(set(STALE)))}." if STALE else ""
+    return "Runs read: " + ", ".join(names) + "." + stale
 
 
 def main():
@@ -363,7 +373,9 @@ def main():
     results = Path(cfg.results)
     settings = {c: runs for c in CONCEPTS if (runs := load_setting(results, c))}
     if not settings:
-        raise UserError(f"{results}: no <concept>/summary.json; run `bash run.sh` (or `bash run.sh paper`) first")
+        raise UserError(f"{results}: no <concept>/summary.json made by the current code"
+                        + (f" ({len(set(STALE))} older ones left out)" if STALE else "")
+                        + "; run `bash run.sh` (or `bash run.sh paper`) first")
     claims = {c: [dict(x, setting=c) for x in claims_for(c, runs, cfg.reps)] for c, runs in settings.items()}
     t1, t2 = table1(results, cfg.reps), table2(settings)
     rows = paper_claims(settings, claims, t1, cfg.reps)
