@@ -332,7 +332,7 @@ def paper_claims(settings, claims, t1, reps):
                     f"holds = FF's F1 at most {F1_MARGIN:g} points below" if x["metric"] == "squad_f1" else "")
     add(7, "in interleaved rounds unsafe behaviour returns under safety finetuning; FF stays low", "toxicity",
         "not run yet", "cannot tell")
-    return out
+    return sorted(out, key=lambda r: r["result"])  # stable: settings keep their order within a result
 
 
 def render_claims(rows):
