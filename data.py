@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import UserError, main_guard, opt, parse_config, read_jsonl, write_json, write_jsonl
+from common import UserError, git_commit, main_guard, opt, parse_config, read_jsonl, write_json, write_jsonl
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -420,8 +420,9 @@ def main():
         write_jsonl(out / f"{name}.jsonl", rows)
     counts = {name: len(rows) for name, rows in sets.items()}
     kinds = {k: sum(e["kind"] == k for e in sets["noisy"]) for k in ("unsafe", "safe", "task")}
+    # the commit is taken here, at the run's start: results committed while the run goes on do not rename its code
     write_json(out / "data.json", dict(config=dataclasses.asdict(cfg), counts=counts, noisy_kinds=kinds,
-                                       wall_s=round(time.time() - t0, 1)))
+                                       wall_s=round(time.time() - t0, 1), commit=git_commit()))
     print(f"data: {counts} | noisy kinds {kinds} -> {out}/ ({time.time() - t0:.1f}s)")
 
 

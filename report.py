@@ -108,7 +108,8 @@ def summarise(run, cfg):
     eval_s = round(sum(wall.values()), 1)  # as first computed, also for conditions this run skipped
     concept = data_info["config"]["concept"]
     return dict(
-        concept=concept, name=cfg.name or concept, commit=git_commit(), model=filt["config"]["model"], scorer=ev["scorer"],
+        concept=concept, name=cfg.name or concept, commit=data_info.get("commit") or git_commit(),
+        model=filt["config"]["model"], scorer=ev["scorer"],
         seed=filt["config"]["seed"], hardware=filt["hardware"], device=filt["device"], precision=filt["precision"],
         torch=filt["torch"], peak_memory_gib=max(filt["peak_memory_gib"], ev["peak_memory_gib"]),
         memory_gib=dict(ff=filt.get("memory_gib", {}), eval=ev["peak_memory_gib"]),  # peak so far, per stage
