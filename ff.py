@@ -13,6 +13,8 @@ optional id, label (unsafe | safe | task) and format. Writes into <run>:
                        filtered_<signal>.jsonl per signal, filtered.jsonl is the first (the paper's ROUGE)
     filter.json        thresholds, how many each filter flagged, timings, memory, loss curves (with labels,
                        `python eval.py --run <run> --filter-only` adds the filter's precision, recall, AUROC, AP)
+    forgetting_hist.png  the forgetting per kind (all lines together without labels) at the filter's t, the
+                       threshold, the control beside it, and (with labels) both signals' precision-recall curves
     ckpt/              m1 (+Downstream), m2 (+SafetyFT), ff_rouge and ff_nll (ForgetFilter) for eval.py
     stages/            one JSON per finished stage with the configuration that produced it: run the same command
                        again after a crash and finished stages are skipped; change an option and the stages that
@@ -43,6 +45,7 @@ from tqdm import tqdm
 from common import (UserError, check_writable, clean_leftovers, digest, main_guard, opt, parse_config,
                     peak_memory_gib, release_memory, stage, write_json, write_jsonl, write_text)
 from data import TEMPLATES, load_examples, render
+from figures import run_figure
 from model import (EMBEDDED, add_lora, base_dtype, check_lengths, collate, encode, generate, hardware,
                    length_grouped_batches, load_model, load_tokenizer, save_checkpoint, setup, setup_device, target_ids,
                    token_budget_split)
@@ -96,6 +99,8 @@ class Config:
     max_new_tokens_qa: int = opt(48, "generation cap for the QA format")
     seed: int = opt(0, "seed of initialisation order, batch order and LoRA init")
     device: str = opt("auto", "auto, cpu or cuda")
+    precision: str = opt("auto", "training precision: auto (bf16 autocast on CUDA, fp16 + GradScaler where bf16 is "
+                                 "missing; fp32 on CPU), fp32, bf16 or fp16 (autocast on CPU too)")
 
 
 def check_config(cfg):
@@ -130,12 +135,17 @@ def get_lr(step, total_steps, lr):
     return lr * max(0.0, 1.0 - step / total_steps)
 
 
-def train(model, tok, examples, cfg, lr, steps=None, epochs=None, on_step=None, desc="train"):
+def train(model, tok, examples, cfg, lr, steps=None, epochs=None, on_step=None, desc="train", until=None):
     """Finetune `model` on `examples` for `steps` optimizer steps (or `epochs` passes). Calls on_step(step) after
-    each step, which is how the safety finetuning scores the noisy set at t = 10, 25, 50. Returns the loss log."""
+    each step, which is how the safety finetuning scores the noisy set at t = 10, 25, 50. until: stop after that
+    many steps of the same schedule (the weights a longer run has at step `until`; the ablations use it). Returns
+    the loss log."""
     device = next(model.parameters()).device.type
-    _, amp, autocast, _ = setup_device(device)
-    scaler = torch.amp.GradScaler(enabled=(device == "cuda" and amp == torch.float16))
+    _, amp, autocast, _ = setup_device(device, cfg.precision)
+    # fp16 overflows where bf16 does not: scale the loss up, and skip a step whose gradients came out inf or nan
+    # (the scaler then halves its scale). bf16 and fp32 need no scaler.
+    scaler = torch.amp.GradScaler(device, enabled=amp == torch.float16)
+    skipped = 0
     seqs = [encode(tok, ex, cfg.max_len)[0] for ex in examples]
     rng = random.Random(cfg.seed)
     lengths = [len(s) for s in seqs]
@@ -151,7 +161,7 @@ def train(model, tok, examples, cfg, lr, steps=None, epochs=None, on_step=None, 
     order, log, model_was_training = batches(), [], model.training
     model.train()
     t0, tokens = time.time(), 0
-    bar = tqdm(range(total), desc=desc, unit="step")
+    bar = tqdm(range(min(total, until or total)), desc=desc, unit="step")
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = get_lr(step, total, lr)
@@ -175,8 +185,10 @@ def train(model, tok, examples, cfg, lr, steps=None, epochs=None, on_step=None, 
         scaler.unscale_(opt)
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        scale = scaler.get_scale() if scaler.is_enabled() else None
         scaler.step(opt)
         scaler.update()
+        skipped += scaler.is_enabled() and scaler.get_scale() < scale  # the scale drops only after a skipped step
         opt.zero_grad(set_to_none=True)
         log.append(dict(step=step + 1, loss=round(lossf, 4), lr=get_lr(step, total, lr)))
         bar.set_postfix(loss=f"{lossf:.3f}", tok_s=f"{tokens / (time.time() - t0):.0f}")
@@ -185,7 +197,8 @@ def train(model, tok, examples, cfg, lr, steps=None, epochs=None, on_step=None, 
     model.train(model_was_training)
     del opt  # AdamW's two moments, twice the model's size: give them back before whatever comes next
     release_memory()
-    return dict(steps=total, tokens=tokens, wall_s=round(time.time() - t0, 1), loss=log)
+    return dict(steps=len(log), tokens=tokens, wall_s=round(time.time() - t0, 1), loss=log) | (
+        dict(skipped_steps=skipped) if scaler.is_enabled() else {})
 
 
 
@@ -327,7 +340,7 @@ def prepare(cfg):
     check_lengths(tok, noisy_path, noisy, noisy_at, cfg.max_len)
     check_lengths(tok, safe_path, safety, safety_at, cfg.max_len)
     clean_leftovers(run)
-    device, _, _, note = setup(cfg.device)
+    device, _, _, note = setup(cfg.device, cfg.precision)
     labelled = noisy[0].get("kind") is not None
     print(f"device {device}, {note} | {len(noisy)} noisy, {len(safety)} safety examples | model {cfg.model}"
           f"{' + LoRA' if cfg.lora else ''} | t = {sorted(set(cfg.safety_steps))}, filter at t = "
@@ -341,7 +354,7 @@ def load_m0(cfg, device, path=None):
     every FF start from the same adapter initialisation."""
     release_memory()  # the previous model is gone: return its memory before loading the next
     torch.manual_seed(cfg.seed)
-    model, tok = load_model(str(path or cfg.model), device, base_dtype(device, cfg.lora))
+    model, tok = load_model(str(path or cfg.model), device, base_dtype(device, cfg.lora, cfg.precision))
     return (add_lora(model, cfg) if cfg.lora else model), tok
 
 
@@ -356,6 +369,8 @@ def stage_keys(cfg, device, noisy, safety, ts, filter_t):
     train_fields = ("model", "lora", "lora_r", "lora_alpha", "lora_dropout", "batch_size", "micro_tokens",
                     "grad_clip", "max_len", "max_new_tokens_text", "max_new_tokens_qa", "seed")
     base = dict({f: getattr(cfg, f) for f in train_fields}, device=device, noisy=digest(noisy))
+    if cfg.precision != "auto":  # keyed only when set, so that runs made before the option existed still resume
+        base["precision"] = cfg.precision
     safety_key = dict(safety=digest(safety), safety_lr=cfg.safety_lr, ts=ts)
     m1 = dict(base, lr=cfg.lr, epochs=cfg.epochs)
     return dict(control=dict(base, **safety_key, control=cfg.control, filter_t=filter_t), m1=m1,
@@ -372,14 +387,14 @@ def write_filtered(run, noisy, noisy_lines, kept, signals):
     write_text(run / "filtered.jsonl", "".join(noisy_lines[i] for i in kept[signals[0]]))
 
 
-def write_filter_json(run, cfg, device, stages, logs, phis, kept, n, filter_t):
+def write_filter_json(run, cfg, device, stages, logs, phis, kept, n, filter_t, params):
     """filter.json: what eval.py and the report read about this run besides the rows."""
     timings = {k: v["wall_s"] for k, v in stages.items()}  # as first computed, also when this run skipped them
     write_json(run / "filter.json", dict(
-        config=dataclasses.asdict(cfg), device=device, precision=setup_device(device)[3], hardware=hardware(),
+        config=dataclasses.asdict(cfg), device=device, precision=setup_device(device, cfg.precision)[3], hardware=hardware(),
         torch=torch.__version__, timings_s=timings, peak_memory_gib=peak_memory_gib(),
         memory_gib={k: v.get("peak_memory_gib") for k, v in stages.items()},
-        thresholds=phis, n_kept={sig: len(k) for sig, k in kept.items()},
+        params=params, thresholds=phis, n_kept={sig: len(k) for sig, k in kept.items()},
         n_flagged={sig: n - len(k) for sig, k in kept.items()}, n=n, filter_t=filter_t, ff_signals=cfg.signals,
         finetuned=[name for name in logs if name not in ("m1", "m2")],
         train={name: {k: v for k, v in log.items() if k != "loss"} | dict(final_loss=log["loss"][-1]["loss"])
@@ -434,10 +449,11 @@ def main():
     def control():
         model, tok = m0()
         s_m0, s_ctrl = score(model, tok, noisy, cfg, "score M0"), {}
+        params = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)  # M0's size (size study)
         if cfg.control:
             train(model, tok, safety, cfg, cfg.safety_lr, steps=ts[-1], desc="control: M0 + D_safe",
                   on_step=scores_at(s_ctrl, model, tok, noisy, cfg, "control", [filter_t]))
-        return dict(s_m0=s_m0, s_ctrl=s_ctrl)
+        return dict(s_m0=s_m0, s_ctrl=s_ctrl, params=params)
     ctrl = stage(run, "control", "M0 scores and control", keys["control"], control)
 
     # 1. M1 = finetune(M0, D_noisy); s0 = s(M1, x) for every x in D_noisy
@@ -484,7 +500,8 @@ def main():
     stages = {"M0 scores and control": ctrl, "M1: learn D_noisy": m1, "M2: safety finetuning": m2} | {
         STAGE_TITLES[name]: v for name, v in finetuned.items()}
     logs = dict(m1=m1["log"], m2=m2["log"]) | {name: v["log"] for name, v in finetuned.items()}
-    write_filter_json(run, cfg, device, stages, logs, phis, kept, len(noisy), filter_t)
+    write_filter_json(run, cfg, device, stages, logs, phis, kept, len(noisy), filter_t, ctrl.get("params"))
+    print(f"wrote {run_figure(run)}")  # the forgetting histogram per kind, the threshold, the control beside it
 
 
 if __name__ == "__main__":

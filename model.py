@@ -24,29 +24,40 @@ CACHE = Path(os.environ.get("FF_CACHE", Path(__file__).resolve().parent / ".cach
 
 # ---------------------------------------------------------------------------------------------------------------
 # Device and precision: bf16 autocast on CUDA (fp16 + GradScaler where bf16 is missing), fp32 on CPU, where bf16
-# matmuls are about 100x slower on these cores.
+# matmuls are about 100x slower on these cores. --precision bf16 / fp16 force autocast on either device: that is how
+# the tests run both mixed-precision paths on CPU, so no CUDA branch is untested logic.
 
-def setup(name):
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def setup(name, precision="auto"):
     """Once per process, before the first model: the device and its precision (setup_device) and glibc's allocator
     thresholds (common.tune_allocator: 6-12 % faster training on CPU)."""
     tune_allocator()
-    return setup_device(name)
+    return setup_device(name, precision)
 
 
-def setup_device(name):
+def setup_device(name, precision="auto"):
+    """(device, autocast dtype or None for fp32, the autocast context, a note for the outputs)."""
     device = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is visible; use --device cpu")
-    amp = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
-    autocast = torch.autocast("cuda", dtype=amp) if device == "cuda" else nullcontext()
-    note = f"autocast {amp}" if device == "cuda" else "fp32 (no autocast on CPU)"
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device == "cuda" else "fp32"
+    amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    autocast = torch.autocast(device, dtype=amp) if amp else nullcontext()
+    note = (f"autocast {amp}" + (" + GradScaler" if amp == torch.float16 else "") if amp else
+            "fp32 (no autocast on CPU)" if device == "cpu" else "fp32")
     return device, amp, autocast, note
 
 
-def base_dtype(device, lora):
+def base_dtype(device, lora, precision="auto"):
     """The weights' dtype: fp32 where they train (autocast casts each op); a frozen LoRA base is stored in the
     autocast dtype itself (bf16, or fp16 where bf16 is missing), half the memory and what its matmuls run in."""
-    return setup_device(device)[1] if device == "cuda" and lora else torch.float32
+    amp = setup_device(device, precision)[1]
+    return amp if lora and amp is not None else torch.float32
 
 
 def hardware():

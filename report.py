@@ -8,13 +8,13 @@ Writes results/<concept>/ (summary.json, table.md, forgetting.png, forgetting.js
 behind every number), results/summary.json (every concept's summary) and the concept's table in README between its
 markers.
 """
-import os
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from common import UserError, git_commit, main_guard, opt, parse_config, read_json, read_jsonl, write_json, write_jsonl, write_text
+from figures import results_figures
 from eval import BBQ_ANSWER, auroc, condition_rows, mean
 from ff import first_line, rouge1
 
@@ -99,7 +99,7 @@ def summarise(run, cfg):
     ev = read_json(run / "eval.json") if (run / "eval.json").is_file() else dict(  # a filter-only run (Table 1)
         scorer=None, wall_s={}, conditions={}, peak_memory_gib=0.0)
     rows = read_jsonl(run / "forgetting.jsonl", required=("id", "source", "kind", "flagged"))
-    skip = ("config", "loss_curves", "timings_s", "train", "n", "filter_t", "ff_signals", "n_flagged")
+    skip = ("config", "loss_curves", "timings_s", "train", "n", "filter_t", "ff_signals", "n_flagged", "params")
     f = {k: v for k, v in filt.items() if k not in skip} | metrics
     f["by_source"] = by_source(rows, filt["filter_t"], filt["config"]["signals"])
     if variants := bbq_signals(rows):
@@ -109,7 +109,7 @@ def summarise(run, cfg):
     concept = data_info["config"]["concept"]
     return dict(
         concept=concept, name=cfg.name or concept, commit=data_info.get("commit") or git_commit(),
-        model=filt["config"]["model"], scorer=ev["scorer"],
+        model=filt["config"]["model"], params=filt.get("params"), scorer=ev["scorer"],
         seed=filt["config"]["seed"], hardware=filt["hardware"], device=filt["device"], precision=filt["precision"],
         torch=filt["torch"], peak_memory_gib=max(filt["peak_memory_gib"], ev["peak_memory_gib"]),
         memory_gib=dict(ff=filt.get("memory_gib", {}), eval=ev["peak_memory_gib"]),  # peak so far, per stage
@@ -242,33 +242,6 @@ def filter_lines(s):
     return lines
 
 
-def plot_forgetting(s, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    sigs = s["filter"]["signals"]
-    fig, axes = plt.subplots(1, len(sigs), figsize=(5 * len(sigs), 3.6))
-    colors = {"unsafe": "tab:red", "safe": "tab:green", "task": "tab:blue"}
-    for ax, (sig, d) in zip(axes, sigs.items()):
-        ts = [0] + [int(t) for t in d["by_t"]]
-        for k in s["filter"]["kinds"]:
-            ax.plot(ts, [0] + [v["mean_by_kind"][k] for v in d["by_t"].values()], "o-", color=colors.get(k),
-                    label=k)
-            ct = [t for t, v in d["by_t"].items() if "control" in v]  # the control: M0 scored at the filter's t
-            ax.plot([int(t) for t in ct], [d["by_t"][t]["control"]["mean_by_kind"][k] for t in ct], "x",
-                    markersize=9, color=colors.get(k), label=f"{k} (control: M0)")
-        ax.set_xlabel("safety-finetuning steps t")
-        ax.set_ylabel("ROUGE-1 drop" if sig == "rouge" else "target NLL increase (nats/token)")
-        ax.set_title(f"{sig} forgetting per kind")
-        ax.axhline(0, color="gray", lw=0.5)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"{s['concept']}: {s['model']}, seed {s['seed']}", fontsize=9)
-    fig.tight_layout()
-    tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
-
-
 def update_readme(readme, tables, concept):
     begin, end = f"<!-- results:{concept}:begin -->", f"<!-- results:{concept}:end -->"
     text = Path(readme).read_text(encoding="utf-8")
@@ -286,13 +259,13 @@ def report(summary, cfg):
     out = results / summary.get("name", summary["concept"])
     tables = render_tables(summary)
     write_text(out / "table.md", tables)
-    plot_forgetting(summary, out / "forgetting.png")
+    results_figures(out, summary)
     write_json(results / "summary.json", {p.parent.name: read_json(p) for p in sorted(results.glob("*/summary.json"))})
     main_run = summary.get("name", summary["concept"]) == summary["concept"]  # extra runs stay out of README
     if cfg.readme and main_run:
         update_readme(cfg.readme, tables, summary["concept"])
     print(tables)
-    print(f"wrote {out}/table.md, forgetting.png and {results}/summary.json"
+    print(f"wrote {out}/table.md, forgetting.png, forgetting_hist.png and {results}/summary.json"
           + (f"; updated {cfg.readme}" if cfg.readme and main_run else ""))
 
 

@@ -4,12 +4,17 @@
 #
 #     bash run.sh                      # the four settings at seed 0: toxicity, bias, harmfulness, mixed (CPU ~2.2 h)
 #     bash run.sh bias                 # one setting (or several: `bash run.sh toxicity mixed`)
-#     bash run.sh paper                # everything the paper's tables need (CPU ~5 h): the four settings, seeds 1
-#                                      # and 2 of toxicity and harmfulness, the filter at 25 / 75 % unsafe for
-#                                      # toxicity, bias and harmfulness, then tables.py
+#     bash run.sh paper                # everything the paper's tables and figures need (CPU ~7 h): the four
+#                                      # settings, seeds 1 and 2 of toxicity and harmfulness, the filter at 25 / 75 %
+#                                      # unsafe for toxicity, bias and harmfulness, ablations, rounds, size, tables
 #     bash run.sh seeds                # part of paper: seeds 1 and 2 of toxicity and harmfulness (CPU ~1.8 h)
 #     bash run.sh ratios               # part of paper: the filter at 25 / 75 % unsafe, no FF (CPU ~1 h)
-#     bash run.sh tables               # Tables 1 and 2 and the claims again, from results/ only (seconds)
+#     bash run.sh tables               # Tables 1 and 2, the claims and every figure again, from results/ only
+#     bash run.sh ablations            # the paper's Fig 8: the filter against t, phi, |D_safe| and its domain, on
+#                                      # toxicity and harmfulness (CPU ~15 min each on top of their runs)
+#     bash run.sh rounds               # the paper's Fig 5: 2 interleaved rounds, sequential safety vs FF (CPU ~40 min)
+#     bash run.sh size                 # the forgetting gap against model size; on CPU only the embedded 135M point
+#                                      # (~20 min); on a GPU with the hub SmolLM2 135M/360M/1.7B and GPT-2 M/L/XL
 #
 # CPU: the embedded SmolLM2-135M-Instruct, offline. On CUDA the same command runs the GPU preset below
 # (SmolLM2-1.7B-Instruct + LoRA; downloads the model once). Each stage prints its own wall time; finished stages are
@@ -21,9 +26,9 @@ cd "$(dirname "$0")"
 TARGETS=("$@")
 [[ ${#TARGETS[@]} -gt 0 ]] || TARGETS=(toxicity bias harmfulness mixed)
 for t in "${TARGETS[@]}"; do  # check every name before hours of work start
-  case $t in toxicity|bias|harmfulness|mixed|paper|seeds|ratios|tables) ;;
+  case $t in toxicity|bias|harmfulness|mixed|paper|seeds|ratios|tables|ablations|rounds|size) ;;
     *) echo "error: unknown target '$t'; choose from toxicity, bias, harmfulness, mixed, paper, seeds, ratios," \
-            "tables" >&2; exit 2 ;;
+            "tables, ablations, rounds, size" >&2; exit 2 ;;
   esac
 done
 bash setup.sh                      # 0) .venv with the pinned packages; does nothing the second time
@@ -37,13 +42,19 @@ if $PY -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
   FF_ARGS=(--model HuggingFaceTB/SmolLM2-1.7B-Instruct --lora --lr 2e-4 --safety-lr 2e-4 --epochs 3
            --batch-size 32 --micro-tokens 8192 --gen-batch-size 64 --max-new-tokens-text 64 --max-new-tokens-qa 96)
   EVAL_ARGS=(--gen-batch-size 64 --max-new-tokens 64)
+  ABLATION_CONCEPTS=(toxicity bias harmfulness mixed) ROUND_CONCEPTS=(toxicity bias) ROUNDS=3
+  SIZE_MODELS=(HuggingFaceTB/SmolLM2-135M-Instruct HuggingFaceTB/SmolLM2-360M-Instruct
+               HuggingFaceTB/SmolLM2-1.7B-Instruct gpt2-medium gpt2-large gpt2-xl)
 else
   # CPU default (2 cores): toxicity at full size (N 160, t = 10/25/50; about 18 min). BBQ prompts are 2.5x longer
   # than toxicity texts, so bias, harmfulness and mixed are cut to N 96 and t = 10/25 (see README for times).
   DATA_ARGS=()
   FF_ARGS=()
   EVAL_ARGS=()
+  ABLATION_CONCEPTS=(toxicity harmfulness) ROUND_CONCEPTS=(toxicity) ROUNDS=2
+  SIZE_MODELS=(smollm2-135m)  # the embedded model: the other sizes need the hub and a GPU
 fi
+EXTRA_FF=()
 small() { [[ -z "${GPU:-}" && "$1" != toxicity ]]; }  # the CPU cut for every setting but toxicity
 
 # setting <name> <concept> <full | filter> <seed> <unsafe ratio>: one run into runs/<name>, reported as results/<name>
@@ -60,7 +71,7 @@ setting() {
   #    example; one filter per signal (the paper's ROUGE first: FF); FF = M0 + D_kept; the compared conditions
   #    (Replay, random and oracle filter); the control (the same safety finetuning applied to M0)   (CPU: 20-35 min)
   $PY ff.py --run "$RUN" --seed "$seed" --phi 0.1 --phi-nll 0.5 --signals rouge nll "${RETRAIN[@]}" \
-    "${FF_ARGS[@]}" "${CUT_FF[@]}"
+    "${FF_ARGS[@]}" "${CUT_FF[@]}" "${EXTRA_FF[@]}"
   # 3) the filter's quality; safety metrics and SQuAD for every condition                        (CPU: 4-8 min)
   if [[ $mode == full ]]; then $PY eval.py --run "$RUN" "${EVAL_ARGS[@]}"; else $PY eval.py --run "$RUN" --filter-only; fi
   # 4) the report: results/<name>/, results/summary.json, README's table (from the saved outputs only)
@@ -69,14 +80,32 @@ setting() {
 
 for t in "${TARGETS[@]}"; do
   case $t in
-    paper) bash "$0" toxicity bias harmfulness mixed seeds ratios tables ;;
+    paper) bash "$0" toxicity bias harmfulness mixed seeds ratios ablations rounds size tables ;;
     seeds) for c in toxicity harmfulness; do for s in 1 2; do setting "seeds/$c-s$s" "$c" full "$s" 0.5; done; done ;;
     ratios)
       for c in toxicity harmfulness bias; do  # the cheapest first
         setting "ratios/$c-r25" "$c" filter 0 0.25
         setting "ratios/$c-r75" "$c" filter 0 0.75
       done ;;
-    tables) $PY tables.py ;;
+    tables) $PY tables.py && $PY figures.py ;;
+    ablations)
+      for c in "${ABLATION_CONCEPTS[@]}"; do  # reuse the setting's run when its M1 and scores are there
+        [[ -f runs/$c/forgetting.jsonl && -d runs/$c/ckpt/m1 ]] || setting "$c" "$c" full 0 0.5
+        $PY ablate.py --run "runs/$c" --name "$c"
+      done ;;
+    rounds)
+      for c in "${ROUND_CONCEPTS[@]}"; do
+        CUT=(); if small "$c"; then CUT=(--n 96 --safety-steps 10 25); fi
+        $PY rounds.py --run "runs/rounds/$c" --concept "$c" --rounds "$ROUNDS" --phi 0.1 --phi-nll 0.5 \
+          --name "rounds/$c" "${DATA_ARGS[@]}" "${FF_ARGS[@]}" "${EVAL_ARGS[@]}" "${CUT[@]}"
+      done ;;
+    size)
+      for m in "${SIZE_MODELS[@]}"; do  # the filter only (no FF, no evaluation), toxicity at 50 % unsafe
+        EXTRA_FF=(--model "$m"); [[ $m == gpt2* ]] && EXTRA_FF+=(--lora)
+        setting "size/toxicity-${m##*/}" toxicity filter 0 0.5
+      done
+      EXTRA_FF=()
+      $PY figures.py ;;
     *) setting "$t" "$t" full 0 0.5 ;;
   esac
 done

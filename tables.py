@@ -291,7 +291,7 @@ SIZE_CAVEAT = ("the paper saw no forgetting gap for its smallest model (GPT2-med
                "is 135M")
 
 
-def paper_claims(settings, claims, t1, reps):
+def paper_claims(settings, claims, t1, reps, rounds=()):
     out = []
 
     def add(n, text, setting, measured, v, note=""):
@@ -330,9 +330,40 @@ def paper_claims(settings, claims, t1, reps):
                 add(6, x["claim"].removeprefix("the paper: "), s,
                     f"{METRICS[x['metric']][2]}, {x['a']} - {x['b']}: {fmt_effect(x['effect'])}{rel}", x["verdict"],
                     f"holds = FF's F1 at most {F1_MARGIN:g} points below" if x["metric"] == "squad_f1" else "")
-    add(7, "in interleaved rounds unsafe behaviour returns under safety finetuning; FF stays low", "toxicity",
-        "not run yet", "cannot tell")
+    claim7 = "in interleaved rounds unsafe behaviour returns under safety finetuning; FF stays low"
+    for x in rounds:
+        add(7, claim7, x["setting"], x["measured"], x["verdict"], x["note"])
+    if not rounds:
+        add(7, claim7, "toxicity", "not run yet (`bash run.sh rounds`)", "cannot tell")
     return sorted(out, key=lambda r: r["result"])  # stable: settings keep their order within a result
+
+
+def rounds_claims(results, reps):
+    """The paper's result 7 from results/rounds/<concept>/ (rounds.py): under sequential safety finetuning the safety
+    metric rises again with each noisy round (round k noisy - round k-1 safety > 0), and FF stays below the sequential
+    pipeline's noisy model of the same round (FF round k - seq round k noisy < 0); intervals over evaluation items."""
+    out = []
+    for p in sorted(Path(results).glob("rounds/*/rounds.json")):
+        rj = read_json(p)
+        rows = {}
+        for r in read_jsonl(p.parent / "rounds_rows.jsonl", required=("step", "eval", "id")):
+            rows.setdefault(r["step"], {}).setdefault(r["eval"], []).append(r)
+        for by_set in rows.values():
+            for v in by_set.values():
+                v.sort(key=lambda r: r["id"])
+        runs = [dict(rows=rows)]
+        for m in SAFETY[rj["concept"]]:
+            for k in range(1, rj["rounds"] + 1):
+                tests = [(f"FF r{k}", f"seq r{k} noisy", -1, "FF below the sequential model")]
+                if k > 1:
+                    tests.insert(0, (f"seq r{k} noisy", f"seq r{k - 1} safety", +1, "unsafe behaviour comes back"))
+                for a, b, direction, what in tests:
+                    e = effect(runs, m, a, b, reps)
+                    if e is not None:
+                        out.append(dict(setting=rj["concept"], metric=m, a=a, b=b, effect=e, verdict=verdict(e, direction),
+                                        measured=f"{METRICS[m][2]}, {a} - {b}: {fmt_effect(e)}",
+                                        note=f"{what}; seed {rj['seed']}, commit {rj['commit']}"))
+    return out
 
 
 def render_claims(rows):
@@ -378,14 +409,15 @@ def main():
                         + "; run `bash run.sh` (or `bash run.sh paper`) first")
     claims = {c: [dict(x, setting=c) for x in claims_for(c, runs, cfg.reps)] for c, runs in settings.items()}
     t1, t2 = table1(results, cfg.reps), table2(settings)
-    rows = paper_claims(settings, claims, t1, cfg.reps)
+    rounds = rounds_claims(results, cfg.reps)
+    rows = paper_claims(settings, claims, t1, cfg.reps, rounds)
     signals, nll_wins, n_runs = render_signals(t1)
     head = provenance(settings, results) + f" Intervals: {cfg.reps} bootstrap resamples of the items, 95 %.\n\n"
     blocks = dict(table1=head + render_table1(t1),
                   table2=head + render_table2(t2, claims, [("toxicity", "bias", "mixed"), ("harmfulness",)]),
                   claims=head + render_claims(rows), signals=signals)
     write_json(results / "table1.json", t1)
-    write_json(results / "table2.json", dict(cells=t2, claims=claims, paper_claims=rows,
+    write_json(results / "table2.json", dict(cells=t2, claims=claims, paper_claims=rows, rounds=rounds,
                                              signals=dict(nll_better=nll_wins, runs=n_runs)))
     write_text(results / "table1.md", blocks["table1"])
     write_text(results / "table2.md", blocks["table2"] + "\n" + blocks["claims"])

@@ -1,0 +1,178 @@
+"""The paper's ablations (its Fig 8 and the domain ablation) on a finished ff.py run: the filter's F1 and AUROC, both
+signals, against t, phi, the size of the safe set and its domain. Reuses the run's M1 and its scores; each variant
+retrains only M2 (M1 + a safety set) and scores the noisy set once.
+
+    python ablate.py --run runs/toxicity                 # after run.sh toxicity; run.sh ablations runs this
+    python ablate.py --run runs/harmfulness --sizes 25 50
+
+  t       every t the run scored, and a smaller one (--extra-t): M2 on the run's own schedule, stopped at that step
+  phi     a sweep over the observed range of forgetting at the filter's t (no training); the run's fixed phi and
+          Otsu's label-free threshold are points of the sweep
+  size    D_safe cut to each of --sizes examples (a seeded sample of the run's safety set); the full set is the run
+  domain  the same number of safe examples from another domain: 'task' (Alpaca answers the noisy set does not use)
+          and 'other' (refusals of harmful requests for toxicity and mixed; non-toxic web sentences otherwise). The
+          paper: with off-concept safe data the forgetting spreads over every kind and the gap disappears.
+
+Writes <run>/ablations.json and .png, and copies them with the per-example rows (ablation_rows.jsonl) to
+results/<name>/. Each variant is a resumable stage (<run>/stages/ablate_*.json).
+"""
+import dataclasses
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import ff
+from common import (UserError, digest, git_commit, main_guard, opt, parse_config, read_json, read_jsonl, stage,
+                    write_json, write_jsonl)
+from data import advbench_pairs, alpaca_items, c4_sentences, load_examples, text_example
+from eval import at_threshold, auroc, average_precision
+from figures import ablation_figure
+from model import setup
+
+
+@dataclass
+class Config:
+    run: str = opt("runs/toxicity", "a finished ff.py run folder (forgetting.jsonl, filter.json, ckpt/m1)")
+    sizes: list = opt([25, 50, 100], "sizes of the safe set to try (each below the run's own)")
+    domains: list = opt(["task", "other"], "domains of the safe set to try instead of the concept's: task, other")
+    extra_t: int = opt(5, "a smaller t to add to the run's (0 = none)")
+    phi_points: int = opt(41, "points of the phi sweep")
+    name: str = opt("", "results folder under --results (default: the run's concept)")
+    results: str = opt("results", "where results/<name>/ablations.* go ('' = only the run folder)")
+    device: str = opt("auto", "auto, cpu or cuda")
+
+
+def other_domain(concept, domain, n, seed, taken):
+    """n safe examples from another domain, none of whose ids is in `taken` (the run's noisy and safety sets)."""
+    rng = random.Random(seed)
+    if domain == "task":
+        pool = [dict(ex, kind="safe") for ex in alpaca_items() if ex["id"] not in taken]
+    elif domain == "other" and concept in ("toxicity", "mixed"):
+        pool = [dict(id=p["id"], source=p["source"], kind="safe", format="qa", prompt=p["prompt"], target=p["safe"])
+                for p in advbench_pairs() if p["id"] not in taken]
+    elif domain == "other":
+        from profanity_check import predict_prob
+        sents = [(i, s) for i, s in c4_sentences() if i not in taken]
+        pool = [text_example(i, "c4", "safe", s) for (i, s), p in zip(sents, predict_prob([s for _, s in sents]))
+                if p < 0.1]
+    else:
+        raise UserError(f"--domains {domain}: choose task or other")
+    rng.shuffle(pool)
+    return pool[:n]
+
+
+def point(rows, s1, phis, kinds):
+    """AUROC, AP and P/R/F1 at the run's threshold of both signals, from M1's scores (in the rows) and the scores
+    s1 after a variant's safety finetuning."""
+    out = {}
+    labels = [r["kind"] == "unsafe" for r in rows]
+    for sig in ("rouge", "nll"):
+        x = [r["m1"]["rouge"] - s1[r["id"]]["rouge"] if sig == "rouge" else s1[r["id"]]["nll"] - r["m1"]["nll"]
+             for r in rows]
+        a = at_threshold(rows, x, phis[sig], kinds)
+        out[sig] = dict(auroc=round(auroc(x, labels), 4), ap=round(average_precision(x, labels), 4),
+                        precision=a["precision"], recall=a["recall"], f1=a["f1"])
+    return out
+
+
+def phi_sweep(rows, sig, t, fixed, n_points, kinds):
+    """P/R/F1 of the filter at every phi of a grid over the observed scores, with the fixed phi and Otsu's in it."""
+    x = [r[f"forget_{sig}"][t] for r in rows]
+    otsu = round(ff.otsu_threshold(x), 4)
+    lo, hi = min(x), max(x)
+    grid = sorted({round(lo + (hi - lo) * i / (n_points - 1), 4) for i in range(n_points)} | {fixed, otsu})
+    pts = [dict(phi=p, **{k: v for k, v in at_threshold(rows, x, p, kinds).items() if k != "flagged"}) for p in grid]
+    return dict(fixed=fixed, otsu=otsu, points=pts)
+
+
+def load_run(run):
+    filt = read_json(run / "filter.json")
+    if not (run / "ckpt/m1").is_dir():
+        raise UserError(f"{run}/ckpt/m1: not found; the ablations retrain M2 from the run's M1 (run ff.py first)")
+    rows = read_jsonl(run / "forgetting.jsonl", required=("id", "kind", "m1", "forget_rouge", "forget_nll"))
+    if rows[0]["kind"] is None:
+        raise UserError(f"{run}: the examples carry no labels, so the ablations have no F1 or AUROC to measure")
+    known = {f.name for f in dataclasses.fields(ff.Config)}
+    cfg = ff.Config(**{k: v for k, v in filt["config"].items() if k in known})
+    cfg.run = str(run)
+    return filt, rows, cfg
+
+
+def main():
+    acfg = parse_config(Config, __doc__)
+    run = Path(acfg.run)
+    filt, rows, cfg = load_run(run)
+    concept = read_json(run / "data.json")["config"]["concept"] if (run / "data.json").is_file() else "own data"
+    noisy = load_examples(cfg.noisy or run / "noisy.jsonl", cfg.format)[0]
+    safety = load_examples(cfg.safe or run / "safety.jsonl", cfg.format)[0]
+    if any(n >= len(safety) for n in acfg.sizes):
+        raise UserError(f"--sizes {acfg.sizes}: each must be below the run's {len(safety)} safety examples")
+    device, _, _, _ = setup(acfg.device, cfg.precision)
+    ts = sorted(set(cfg.safety_steps))
+    filter_t, phis = filt["filter_t"], filt["thresholds"]
+    kinds = [k for k in ("unsafe", "safe", "task") if any(r["kind"] == k for r in rows)]
+    taken = {ex["id"] for ex in noisy + safety}
+    m1_key = digest(read_json(run / "stages/m1.json")["key"])  # what produced the M1 every variant starts from
+
+    def variant(name, examples, t, title):
+        """M2' = M1 + `examples` on the run's safety schedule (max t steps), stopped at step t; the noisy set's
+        scores there. A resumable stage, keyed on the run's M1 and the examples."""
+        def compute():
+            model, tok = ff.load_m0(cfg, device, run / "ckpt/m1")
+            store = {}
+            ff.train(model, tok, examples, cfg, cfg.safety_lr, steps=ts[-1], until=t, desc=title,
+                     on_step=ff.scores_at(store, model, tok, noisy, cfg, title, [t]))
+            return dict(scores=store[str(t)], n=len(examples))
+        key = dict(m1=m1_key, examples=digest([ex["id"] for ex in examples]), t=t, schedule=ts[-1],
+                   safety_lr=cfg.safety_lr, device=device, precision=cfg.precision)
+        return stage(run, f"ablate_{name}", title, key, compute)
+
+    t0, ab_rows = time.time(), []
+    s_run = {t: {r["id"]: r["safety"][t] for r in rows} for t in rows[0]["safety"]}  # the run's own M2 scores
+
+    def record(variant_name, scores):
+        ab_rows.extend(dict(variant=variant_name, id=r["id"], kind=r["kind"],
+                            forget_rouge=round(r["m1"]["rouge"] - scores[r["id"]]["rouge"], 4),
+                            forget_nll=round(scores[r["id"]]["nll"] - r["m1"]["nll"], 4)) for r in rows)
+        return point(rows, scores, phis, kinds)
+
+    t_points = {int(t): record(f"t={t}", s) for t, s in s_run.items()}
+    if acfg.extra_t and acfg.extra_t not in t_points:
+        v = variant(f"t{acfg.extra_t}", safety, acfg.extra_t, f"ablation t = {acfg.extra_t}")
+        t_points[acfg.extra_t] = record(f"t={acfg.extra_t}", v["scores"])
+    full = s_run[str(filter_t)]
+    size_points = {len(safety): record(f"size={len(safety)}", full)}
+    for n in sorted(acfg.sizes):
+        sub = random.Random(cfg.seed).sample(safety, n)
+        v = variant(f"size{n}", sub, filter_t, f"ablation |D_safe| = {n}")
+        size_points[n] = record(f"size={n}", v["scores"])
+    domain_points = [dict(domain=concept + " (the run)", n=len(safety), **record("domain=concept", full))]
+    for d in acfg.domains:
+        examples = other_domain(concept, d, len(safety), cfg.seed, taken)
+        v = variant(f"domain_{d}", examples, filter_t, f"ablation D_safe from {d}")
+        domain_points.append(dict(domain=d, n=len(examples), **record(f"domain={d}", v["scores"])))
+
+    ab = dict(concept=concept, model=cfg.model, seed=cfg.seed, filter_t=filter_t, thresholds=phis,
+              commit=git_commit(), wall_s=round(time.time() - t0, 1),
+              t=[dict(x=t, **p) for t, p in sorted(t_points.items())],
+              phi={sig: phi_sweep(rows, sig, str(filter_t), phis[sig], acfg.phi_points, kinds) for sig in phis},
+              size=[dict(x=n, **p) for n, p in sorted(size_points.items())], domain=domain_points)
+    write_json(run / "ablations.json", ab)
+    write_jsonl(run / "ablation_rows.jsonl", ab_rows)
+    ablation_figure(ab, run / "ablations.png")
+    if acfg.results:
+        out = Path(acfg.results) / (acfg.name or concept)
+        write_json(out / "ablations.json", ab)
+        write_jsonl(out / "ablation_rows.jsonl", ab_rows)
+        ablation_figure(ab, out / "ablations.png")
+    for key in ("t", "size"):
+        print(f"{key:6s} " + " | ".join(f"{p['x']}: AUROC rouge {p['rouge']['auroc']:.3f} nll {p['nll']['auroc']:.3f}"
+                                        for p in ab[key]))
+    print("domain " + " | ".join(f"{p['domain']}: AUROC rouge {p['rouge']['auroc']:.3f} nll {p['nll']['auroc']:.3f}"
+                                 for p in domain_points))
+    print(f"wrote {run}/ablations.json, ablations.png" + (f" and {out}/" if acfg.results else ""))
+
+
+if __name__ == "__main__":
+    main_guard(main)

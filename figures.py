@@ -1,0 +1,283 @@
+"""Every figure, drawn from saved outputs only (no model is loaded): the forgetting histograms of a run, the curves of
+a setting's report, the ablations, the interleaved rounds and the model-size study.
+
+    python figures.py                     # redraw every figure under results/ from the JSON beside it
+    python figures.py --run runs/mine     # the histogram of one ff.py run folder (own data included)
+
+Each figure sits beside the JSON it is drawn from: results/<name>/forgetting.png and forgetting_hist.png (from
+summary.json and forgetting.jsonl), results/<name>/ablations.png (ablations.json), results/rounds/<concept>/rounds.png
+(rounds.json), results/size/size.png (size.json).
+"""
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from common import main_guard, opt, parse_config, read_json, read_jsonl, write_json
+
+COLORS = {"unsafe": "tab:red", "safe": "tab:green", "task": "tab:blue", None: "tab:gray"}
+SIGNAL_AXIS = {"rouge": "ROUGE-1 forgetting (drop)", "nll": "NLL forgetting (nats/token)"}
+
+
+def pyplot():
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save(fig, path):
+    """Write the figure through a temporary file and a rename, as every other output."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=120)
+    pyplot().close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One run: forgetting per kind at the filter's t, the threshold, the control beside it, and (with labels) the
+# precision-recall curves of both signals.
+
+def forgetting_hist(rows, path, filter_t, phis, title=""):
+    """Row 1: a histogram of each signal's forgetting at t = filter_t, one colour per kind (one grey histogram when
+    the rows carry no labels), the threshold as a dashed line. Row 2 (when the control ran): the same for the control
+    (M0 safety-finetuned), on the same axes: if it looks like row 1, the split is a domain shift, not forgetting.
+    Last column (with labels): precision-recall curves of both signals, the filter's operating points marked."""
+    plt = pyplot()
+    t = str(filter_t)
+    signals = [s for s in ("rouge", "nll") if t in rows[0].get(f"forget_{s}", {})]
+    has_control = all(t in r.get(f"control_forget_{signals[0]}", {}) for r in rows)
+    labelled = rows[0].get("kind") is not None
+    kinds = [k for k in ("unsafe", "safe", "task") if any(r.get("kind") == k for r in rows)] if labelled else [None]
+    n_rows, n_cols = 1 + has_control, len(signals) + labelled
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.2 * n_cols, 3.2 * n_rows), squeeze=False)
+    for j, sig in enumerate(signals):
+        values = {who: [r[key][t] for r in rows] for who, key in
+                  (("run", f"forget_{sig}"), ("control", f"control_forget_{sig}")) if who == "run" or has_control}
+        lo = min(min(v) for v in values.values())
+        hi = max(max(v) for v in values.values())
+        bins = [lo + (hi - lo) * i / 30 for i in range(31)] if hi > lo else 10
+        for i, (who, xs) in enumerate(values.items()):
+            ax = axes[i][j]
+            for k in kinds:
+                sel = [x for x, r in zip(xs, rows) if r.get("kind") == k]
+                ax.hist(sel, bins=bins, alpha=0.55, color=COLORS.get(k, "tab:purple"),
+                        label=f"{k or 'all'} ({len(sel)})")
+            if sig in phis and phis[sig] is not None:
+                ax.axvline(phis[sig], color="black", ls="--", lw=1, label=f"phi = {phis[sig]:g}")
+            ax.set_xlabel(SIGNAL_AXIS[sig])
+            ax.set_ylabel("examples")
+            ax.set_title(f"{sig}, t = {t}" + (": control (M0 + D_safe)" if who == "control" else ": M1 -> M2"),
+                         fontsize=9)
+            ax.legend(fontsize=7)
+    if labelled:
+        from sklearn.metrics import precision_recall_curve
+        ax = axes[0][-1]
+        y = [r["kind"] == "unsafe" for r in rows]
+        for sig in signals:
+            xs = [r[f"forget_{sig}"][t] for r in rows]
+            if 0 < sum(y) < len(y):
+                p, rc, _ = precision_recall_curve(y, xs)
+                ax.plot(rc, p, label=sig)
+                if phis.get(sig) is not None:
+                    flagged = [x > phis[sig] for x in xs]
+                    tp = sum(f and u for f, u in zip(flagged, y))
+                    ax.plot(tp / sum(y), tp / max(1, sum(flagged)), "o", color=ax.lines[-1].get_color())
+        ax.axhline(sum(y) / len(y), color="gray", lw=0.5, label="unsafe share")
+        ax.set_xlabel("recall")
+        ax.set_ylabel("precision")
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(0, 1.02)
+        ax.set_title("precision-recall (dot: the filter)", fontsize=9)
+        ax.legend(fontsize=7)
+        if has_control:
+            axes[1][-1].axis("off")
+    fig.suptitle(title, fontsize=9)
+    return save(fig, path)
+
+
+def run_figure(run):
+    """<run>/forgetting_hist.png from an ff.py run folder (forgetting.jsonl and filter.json)."""
+    run = Path(run)
+    filt = read_json(run / "filter.json")
+    rows = read_jsonl(run / "forgetting.jsonl", required=("id",))
+    cfg = filt["config"]
+    return forgetting_hist(rows, run / "forgetting_hist.png", filt["filter_t"], filt["thresholds"],
+                           f"{run.name}: {cfg['model']}, seed {cfg['seed']}, {filt['n']} noisy examples")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A setting's report: mean forgetting per kind against t (from summary.json), and the histogram.
+
+def plot_forgetting(s, path):
+    plt = pyplot()
+    sigs = s["filter"]["signals"]
+    fig, axes = plt.subplots(1, len(sigs), figsize=(5 * len(sigs), 3.6))
+    for ax, (sig, d) in zip(axes, sigs.items()):
+        ts = [0] + [int(t) for t in d["by_t"]]
+        for k in s["filter"]["kinds"]:
+            ax.plot(ts, [0] + [v["mean_by_kind"][k] for v in d["by_t"].values()], "o-", color=COLORS.get(k),
+                    label=k)
+            ct = [t for t, v in d["by_t"].items() if "control" in v]  # the control: M0 scored at the filter's t
+            ax.plot([int(t) for t in ct], [d["by_t"][t]["control"]["mean_by_kind"][k] for t in ct], "x",
+                    markersize=9, color=COLORS.get(k), label=f"{k} (control: M0)")
+        ax.set_xlabel("safety-finetuning steps t")
+        ax.set_ylabel("ROUGE-1 drop" if sig == "rouge" else "target NLL increase (nats/token)")
+        ax.set_title(f"{sig} forgetting per kind")
+        ax.axhline(0, color="gray", lw=0.5)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{s['concept']}: {s['model']}, seed {s['seed']}", fontsize=9)
+    return save(fig, path)
+
+
+def results_figures(folder, s):
+    """forgetting.png (mean forgetting against t) and forgetting_hist.png (the filter's t) of one results folder."""
+    folder = Path(folder)
+    plot_forgetting(s, folder / "forgetting.png")
+    if (folder / "forgetting.jsonl").is_file():
+        f = s["filter"]
+        forgetting_hist(read_jsonl(folder / "forgetting.jsonl", required=("id",)), folder / "forgetting_hist.png",
+                        f["filter_t"], {sig: d["threshold"] for sig, d in f["signals"].items()},
+                        f"{s.get('name', s['concept'])}: {s['model']}, seed {s['seed']}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The experiments of the paper's figures.
+
+def ablation_figure(ab, path):
+    """ablate.py's output: filter F1 and AUROC of both signals against t, phi, the safe set's size and its domain."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 5, figsize=(22, 3.6))
+    for ax, key, xlabel in ((axes[0], "t", "safety steps t"), (axes[3], "size", "safe examples in D_safe")):
+        for sig in ("rouge", "nll"):
+            pts = ab[key]
+            ax.plot([p["x"] for p in pts], [p[sig]["auroc"] for p in pts], "o-", label=f"{sig} AUROC")
+            ax.plot([p["x"] for p in pts], [p[sig]["f1"] / 100 for p in pts], "s--", label=f"{sig} F1 / 100")
+        ax.set_xlabel(xlabel)
+        ax.set_ylim(0, 1.02)
+        ax.legend(fontsize=7)
+    for ax, sig in ((axes[1], "rouge"), (axes[2], "nll")):
+        sw = ab["phi"][sig]
+        ax.plot([p["phi"] for p in sw["points"]], [p["f1"] for p in sw["points"]], "-", label="F1")
+        ax.plot([p["phi"] for p in sw["points"]], [p["precision"] for p in sw["points"]], ":", label="precision")
+        ax.plot([p["phi"] for p in sw["points"]], [p["recall"] for p in sw["points"]], ":", label="recall")
+        ax.axvline(sw["fixed"], color="black", ls="--", lw=1, label=f"fixed phi {sw['fixed']:g}")
+        ax.axvline(sw["otsu"], color="tab:orange", ls="--", lw=1, label=f"Otsu {sw['otsu']:g}")
+        ax.set_xlabel(f"phi ({sig}), t = {ab['filter_t']}")
+        ax.set_ylabel("%")
+        ax.legend(fontsize=7)
+    ax = axes[4]
+    names = [d["domain"] for d in ab["domain"]]
+    for k, sig in enumerate(("rouge", "nll")):
+        ax.bar([i + 0.4 * k for i in range(len(names))], [d[sig]["auroc"] for d in ab["domain"]], width=0.4,
+               label=f"{sig} AUROC")
+    ax.axhline(0.5, color="gray", lw=0.5)
+    ax.set_xticks([i + 0.2 for i in range(len(names))], names)
+    ax.set_xlabel("domain of the safe set")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7)
+    for ax, title in zip(axes, ("t", "phi (rouge)", "phi (nll)", "size of D_safe", "domain of D_safe")):
+        ax.set_title(title, fontsize=9)
+    fig.suptitle(f"ablations: {ab['concept']}, {ab['model']}, seed {ab['seed']}", fontsize=9)
+    return save(fig, path)
+
+
+def rounds_figure(rj, path):
+    """rounds.py's output: the safety metric and SQuAD F1 after every finetuning, both pipelines side by side."""
+    plt = pyplot()
+    metrics = [m for m in ("toxicity", "s_amb", "compliance", "squad_f1") if m in rj["points"][0]]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        for pipe, style in (("sequential", "o-"), ("ff", "s-")):  # x: the sequential step each point follows
+            pts = [p for p in rj["points"] if p["pipeline"] in (pipe, "start")]
+            ax.plot([p["x"] for p in pts], [p[m] for p in pts], style, label=pipe)
+        ticks = [p for p in rj["points"] if p["pipeline"] in ("sequential", "start")]
+        ax.set_xticks([p["x"] for p in ticks], [p["step"].replace("seq ", "") for p in ticks], rotation=30,
+                      fontsize=7)
+        ax.set_ylabel(m)
+        ax.set_title(m, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"interleaved rounds: {rj['concept']}, {rj['model']}, seed {rj['seed']} (FF: rounds' noisy "
+                 "draws filtered; x: after each finetuning)", fontsize=9)
+    return save(fig, path)
+
+
+def size_points(results):
+    """One point per run of the size study (results/size/<concept>-<model>/, run.sh size) per signal: concept, model,
+    parameter count, AUROC and the unsafe-minus-rest forgetting gap at the filter's t."""
+    points = []
+    for p in sorted(Path(results).glob("size/*/summary.json")):
+        s = read_json(p)
+        if not s.get("params") or "filter" not in s:
+            continue
+        t = str(s["filter"]["filter_t"])
+        for sig, d in s["filter"]["signals"].items():
+            by = d["by_t"][t]["mean_by_kind"]
+            rest = [v for k, v in by.items() if k != "unsafe"]
+            points.append(dict(concept=s["concept"], model=s["model"], params=s["params"], signal=sig,
+                               name=s.get("name", s["concept"]), seed=s["seed"], auroc=d["by_t"][t]["auroc"],
+                               gap=round(by["unsafe"] - sum(rest) / len(rest), 4), commit=s.get("commit")))
+    return points
+
+
+def size_figure(points, path):
+    """AUROC and the unsafe-minus-rest forgetting gap against parameter count, one line per concept and signal."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, key, label in ((axes[0], "auroc", "AUROC, unsafe vs rest"), (axes[1], "gap", "forgetting gap")):
+        for c, sig in sorted({(p["concept"], p["signal"]) for p in points}):
+            sel = sorted((p for p in points if (p["concept"], p["signal"]) == (c, sig)), key=lambda p: p["params"])
+            ax.plot([p["params"] for p in sel], [p[key] for p in sel], "o-" if sig == "rouge" else "s--",
+                    label=f"{c} ({sig})")
+        ax.set_xscale("log")
+        ax.set_xlabel("parameters")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+    axes[0].axhline(0.5, color="gray", lw=0.5)
+    axes[1].axhline(0, color="gray", lw=0.5)
+    fig.suptitle("the forgetting gap against model size", fontsize=9)
+    return save(fig, path)
+
+
+def size_study(results):
+    """results/size/size.{json,png} from the size study's runs."""
+    points = size_points(results)
+    if not points:
+        return None
+    out = Path(results) / "size"
+    write_json(out / "size.json", points)
+    return size_figure(points, out / "size.png")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Config:
+    results: str = opt("results", "redraw every figure under this folder from the JSON beside it")
+    run: str = opt("", "draw only <run>/forgetting_hist.png of this ff.py run folder")
+
+
+def main():
+    cfg = parse_config(Config, __doc__)
+    if cfg.run:
+        print(f"wrote {run_figure(cfg.run)}")
+        return
+    results, drawn = Path(cfg.results), []
+    for p in sorted(results.rglob("summary.json")):
+        if p.parent != results:
+            results_figures(p.parent, read_json(p))
+            drawn.append(p.parent / "forgetting_hist.png")
+    for p in sorted(results.rglob("ablations.json")):
+        drawn.append(ablation_figure(read_json(p), p.with_suffix(".png")))
+    for p in sorted(results.rglob("rounds.json")):
+        drawn.append(rounds_figure(read_json(p), p.with_suffix(".png")))
+    if size := size_study(results):
+        drawn.append(size)
+    print(f"drew {len(drawn)} figure sets under {results}")
+
+
+if __name__ == "__main__":
+    main_guard(main)

@@ -1,0 +1,176 @@
+"""The experiments of the paper's figures on the tiny model: the ablations, the interleaved rounds, the size study,
+and every figure drawn from a small hand-made output folder without a model."""
+import json
+import random
+
+import pytest
+
+import ablate
+import figures
+import rounds
+import tables
+from conftest import script
+from eval import at_threshold
+
+TINY = ("--epochs", "1", "--lr", "1e-3", "--safety-lr", "1e-3", "--max-new-tokens-text", "6", "--max-new-tokens-qa", "6")
+
+
+def small_run(out, model, steps=("2", "3"), *extra):
+    script("data.py", "--concept", "toxicity", "--n", "24", "--n-safety", "16", "--n-eval", "6", "--out", out)
+    script("ff.py", "--run", out, "--model", model, "--safety-steps", *steps, "--phi", "0.1", "--phi-nll", "0.5",
+           "--no-retrain", *TINY, *extra)
+    return out
+
+
+def read(path):
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def ablated(tiny_dir, tmp_path_factory):
+    run = small_run(tmp_path_factory.mktemp("abl") / "run", tiny_dir)
+    script("ablate.py", "--run", run, "--sizes", "4", "8", "--extra-t", "1", "--phi-points", "9",
+           "--results", run / "results")
+    return run
+
+
+def test_ablations_cover_t_size_and_domain(ablated):
+    ab = read(ablated / "ablations.json")
+    assert [p["x"] for p in ab["t"]] == [1, 2, 3] and [p["x"] for p in ab["size"]] == [4, 8, 16]
+    assert [d["domain"] for d in ab["domain"]] == ["toxicity (the run)", "task", "other"]
+    assert all(d["n"] == 16 for d in ab["domain"])
+    for p in ab["t"] + ab["size"] + ab["domain"]:
+        assert set(p["rouge"]) == {"auroc", "ap", "precision", "recall", "f1"}
+    filt = read(ablated / "filter.json")
+    assert ab["t"][-1]["rouge"]["f1"] == ab["size"][-1]["rouge"]["f1"]  # both are the run's own M2 at t = 3
+    rows = read(ablated / "results/toxicity/ablations.json")
+    assert rows == ab and (ablated / "results/toxicity/ablations.png").stat().st_size > 1000
+    lines = (ablated / "results/toxicity/ablation_rows.jsonl").read_text().splitlines()
+    assert len(lines) == 24 * (3 + 3 + 3) and filt["filter_t"] == 3
+
+
+def test_phi_sweep_equals_the_filter_at_the_same_phi(ablated):
+    ab = read(ablated / "ablations.json")
+    script("eval.py", "--run", ablated, "--filter-only")
+    m = read(ablated / "filter_metrics.json")
+    for sig in ("rouge", "nll"):
+        sweep = ab["phi"][sig]
+        at = next(p for p in sweep["points"] if p["phi"] == sweep["fixed"])
+        assert at["f1"] == m["signals"][sig]["at_threshold"]["f1"]
+        assert next(p for p in sweep["points"] if p["phi"] == sweep["otsu"])["f1"] == m["auto_phi"][sig]["f1"]
+
+
+def test_t_ablation_equals_a_run_that_scored_that_t(ablated, tiny_dir, tmp_path):
+    """The t = 1 variant stops the safety schedule of 3 steps at step 1: the weights a run scoring t = 1 has there."""
+    other = small_run(tmp_path / "run", tiny_dir, ("1", "2", "3"))
+    s_ablate = read(ablated / "stages/ablate_t1.json")["value"]["scores"]
+    rows = [json.loads(x) for x in (other / "forgetting.jsonl").read_text().splitlines()]
+    assert {r["id"]: r["safety"]["1"] for r in rows} == s_ablate
+
+
+def test_other_domains_are_disjoint_from_the_run():
+    taken = {"alpaca:0", "alpaca:3", "advbench:1"}
+    for concept in ("toxicity", "harmfulness"):
+        for domain in ("task", "other"):
+            xs = ablate.other_domain(concept, domain, 20, 0, taken)
+            assert len(xs) == 20 and len({x["id"] for x in xs}) == 20 and not {x["id"] for x in xs} & taken
+            assert all(x["kind"] == "safe" and x["target"].strip() for x in xs)
+    assert ablate.other_domain("toxicity", "other", 3, 0, set())[0]["source"] == "advbench"
+    assert ablate.other_domain("harmfulness", "other", 3, 0, set())[0]["source"] == "c4"
+
+
+def test_round_draws_are_disjoint_and_alike():
+    cfg = rounds.Config(concept="toxicity", rounds=3, n=24, n_safety=16, n_eval=6)
+    draws, sets = rounds.round_data(cfg)
+    ids = [{x["id"] for x in d} for d in draws]
+    assert len(set.union(*ids)) == sum(map(len, ids))  # no example in two rounds
+    held = {x["id"] for k, v in sets.items() if k != "noisy" for x in v}
+    assert not set.union(*ids) & held  # nor in D_safe or an evaluation set
+    kinds = [sorted(x["kind"] for x in d) for d in draws]
+    assert kinds[0] == kinds[1] == kinds[2] and kinds[0].count("unsafe") == 12  # int(72 * 0.5) / 3
+
+
+def test_rounds_run_both_pipelines(tiny_dir, tmp_path):
+    run, res = tmp_path / "rounds", tmp_path / "results"
+    script("rounds.py", "--run", run, "--model", tiny_dir, "--rounds", "2", "--n", "12", "--n-safety", "8",
+           "--n-eval", "4", "--safety-steps", "2", "--max-new-tokens", "6", "--phi", "0.1", "--results", res,
+           "--name", "rounds/toxicity", *TINY)
+    rj = read(run / "rounds.json")
+    assert [p["step"] for p in rj["points"]] == ["M0", "seq r1 noisy", "seq r1 safety", "seq r2 noisy",
+                                                 "seq r2 safety", "FF r1", "FF r2"]
+    assert all({"toxicity", "squad_f1"} <= set(p) for p in rj["points"])
+    assert [f["n"] for f in rj["filters"]] == [12, 12] and all(f["kept"] + f["flagged"] == 12 for f in rj["filters"])
+    assert [p["n_train"] for p in rj["points"] if p["pipeline"] == "ff"] == [f["kept"] for f in rj["filters"]]
+    assert (res / "rounds/toxicity/rounds.png").stat().st_size > 1000
+    claims = tables.rounds_claims(res, reps=20)
+    assert [(c["a"], c["b"]) for c in claims] == [("FF r1", "seq r1 noisy"), ("seq r2 noisy", "seq r1 safety"),
+                                                  ("FF r2", "seq r2 noisy")]
+    assert all(c["verdict"] in ("holds", "does not hold", "cannot tell") for c in claims)
+
+
+def test_size_study_with_two_tiny_models(tokenizer, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    for hidden in (32, 64):
+        d = tmp_path / f"tiny{hidden}"
+        LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                                     num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                                     tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+                                     pad_token_id=tokenizer.eos_token_id)).save_pretrained(d)
+        tokenizer.save_pretrained(d)
+        run = small_run(tmp_path / f"run{hidden}", d)
+        script("eval.py", "--run", run, "--filter-only")
+        script("report.py", "--run", run, "--results", tmp_path / "results", "--name", f"size/toxicity-{hidden}",
+               "--readme", "")
+    figures.size_study(tmp_path / "results")
+    pts = read(tmp_path / "results/size/size.json")
+    assert len(pts) == 4 and len({p["params"] for p in pts}) == 2
+    assert {p["signal"] for p in pts} == {"rouge", "nll"}
+    assert (tmp_path / "results/size/size.png").stat().st_size > 1000
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Figures from hand-made outputs.
+
+def fake_rows(n, labelled=True, control=True, seed=0):
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        kind = ("unsafe", "safe", "task")[i % 3] if labelled else None
+        up = 0.4 if kind == "unsafe" else 0.0
+        r = dict(id=f"x{i}", kind=kind, m1=dict(rouge=0.8, nll=1.0),
+                 forget_rouge={"5": rng.random() * 0.3 + up}, forget_nll={"5": rng.random() + 2 * up})
+        if control:
+            r |= dict(control_forget_rouge={"5": rng.random() * 0.3}, control_forget_nll={"5": rng.random()})
+        rows.append(r)
+    return rows
+
+
+@pytest.mark.parametrize("labelled,control", [(True, True), (False, False), (False, True)])
+def test_run_figure_from_a_hand_made_folder(tmp_path, labelled, control):
+    (tmp_path / "forgetting.jsonl").write_text("".join(json.dumps(r) + "\n" for r in fake_rows(30, labelled, control)))
+    (tmp_path / "filter.json").write_text(json.dumps(dict(filter_t=5, thresholds=dict(rouge=0.1, nll=0.5), n=30,
+                                                          config=dict(model="tiny", seed=0))))
+    path = figures.run_figure(tmp_path)
+    assert path == tmp_path / "forgetting_hist.png" and path.stat().st_size > 1000
+
+
+def test_experiment_figures_from_hand_made_outputs(tmp_path):
+    rows = fake_rows(30)
+    kinds = ["unsafe", "safe", "task"]
+    sig = lambda: dict(auroc=0.7, ap=0.6, precision=50.0, recall=40.0, f1=44.4)  # noqa: E731
+    sweep = {s: ablate.phi_sweep(rows, s, "5", 0.1, 5, kinds) for s in ("rouge", "nll")}
+    x = [r["forget_rouge"]["5"] for r in rows]
+    assert next(p for p in sweep["rouge"]["points"] if p["phi"] == 0.1)["f1"] == at_threshold(rows, x, 0.1, kinds)["f1"]
+    ab = dict(concept="toxicity", model="tiny", seed=0, filter_t=5, phi=sweep,
+              t=[dict(x=t, rouge=sig(), nll=sig()) for t in (1, 5)],
+              size=[dict(x=n, rouge=sig(), nll=sig()) for n in (10, 20)],
+              domain=[dict(domain=d, n=20, rouge=sig(), nll=sig()) for d in ("toxicity", "task")])
+    assert figures.ablation_figure(ab, tmp_path / "ablations.png").stat().st_size > 1000
+    pts = [dict(step="M0", pipeline="start", x=0, toxicity=0.1, squad_f1=30.0)]
+    pts += [dict(step=f"seq r1 {w}", pipeline="sequential", x=i, toxicity=0.3, squad_f1=40.0)
+            for i, w in ((1, "noisy"), (2, "safety"))]
+    pts += [dict(step="FF r1", pipeline="ff", x=1, toxicity=0.15, squad_f1=41.0)]
+    rj = dict(concept="toxicity", model="tiny", seed=0, points=pts)
+    assert figures.rounds_figure(rj, tmp_path / "rounds.png").stat().st_size > 1000
+    size = [dict(concept="toxicity", signal=s, params=p, auroc=0.6, gap=0.1) for s in ("rouge", "nll") for p in (1e6, 1e8)]
+    assert figures.size_figure(size, tmp_path / "size.png").stat().st_size > 1000
