@@ -98,9 +98,10 @@ def c4_sentences(min_words=8, max_words=30):
     return out
 
 
-def squad_items():
+def squad_items(cfg=None):
     """Answerable SQuAD 2.0 questions, grouped by article so that train and eval never share a paragraph."""
-    raw = json.loads((DATA / "squad-v2-dev-half/dev-v2.0.json").read_text(encoding="utf-8"))
+    raw = squad_hub(cfg) if hub(cfg) else json.loads((DATA / "squad-v2-dev-half/dev-v2.0.json").read_text(
+        encoding="utf-8"))
     by_article = {}
     for art in raw["data"]:
         for para in art["paragraphs"]:
@@ -118,9 +119,11 @@ def squad_items():
     return by_article
 
 
-def alpaca_items(max_words=30):
-    """Alpaca instructions whose (GPT-4 style) answer is one line of at most `max_words` words."""
-    raw = json.loads((DATA / "llamafactory-demo/alpaca_en_demo.json").read_text(encoding="utf-8"))
+def alpaca_items(cfg=None, max_words=30):
+    """Alpaca instructions whose answer is one line of at most `max_words` words (offline: the GPT-4 answers of the
+    shipped demo file; hub: tatsu-lab/alpaca)."""
+    raw = list(hub_rows("alpaca", cfg)) if hub(cfg) else json.loads(
+        (DATA / "llamafactory-demo/alpaca_en_demo.json").read_text(encoding="utf-8"))
     out = []
     for i, r in enumerate(raw):
         ans = r["output"].strip()
@@ -132,17 +135,19 @@ def alpaca_items(max_words=30):
 
 
 BBQ_CATEGORIES = ("Age", "Disability_status", "Nationality", "Physical_appearance", "Religion", "Sexual_orientation")
+BBQ_ALL = BBQ_CATEGORIES + ("Gender_identity", "Race_ethnicity", "Race_x_SES", "Race_x_gender", "SES")
 
 
-def bbq_items(categories=BBQ_CATEGORIES):
+def bbq_items(categories=BBQ_CATEGORIES, cfg=None):
     """BBQ items (data/bbq), each with the option indices the bias metrics need: gold, unknown (the 'cannot be
     determined' option), stereo (the option whose group is in stereotyped_groups, matched on the group tag or the
     answer's own name, case-insensitive) and biased (what a stereotype answers: the stereotyped option for a
     negative question, the other group's option for a non-negative one; README, The paper: Data)."""
     out = []
-    for cat in categories:
-        path = DATA / "bbq" / f"{cat}.jsonl"
-        for r in read_jsonl(path, required=("example_id", "question_index", "answer_info", "label")):
+    for cat in (BBQ_ALL if hub(cfg) else categories):  # the hub has all 11 categories; data/ ships 6
+        rows = hub_rows("bbq", cfg, category=cat) if hub(cfg) else read_jsonl(
+            DATA / "bbq" / f"{cat}.jsonl", required=("example_id", "question_index", "answer_info", "label"))
+        for r in rows:
             info = [r["answer_info"][f"ans{k}"] for k in range(3)]
             groups = {g.lower() for g in r["additional_metadata"]["stereotyped_groups"]}
             unknown = [k for k in range(3) if info[k][1] == "unknown"]
@@ -166,6 +171,88 @@ def bbq_answer(item, k):
     return f"The answer is ans{k + 1}:{item['options'][k]}"
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# The paper's own data through `datasets` (--source hub). Each id and its fields were checked against the dataset's
+# card; every dataset is downloaded once into the datasets cache (HF_DATASETS_CACHE), the Pile streamed.
+
+HUB = {  # name -> (dataset id, or the builder for a data file; the data file or None; split)
+    "pile": ("tomekkorbak/pile-detoxify", None, "train"),  # texts: a document's sentences; scores: their Detoxify
+    "harmfulqa": ("declare-lab/HarmfulQA", None, "train"),  # question, red_conversations, blue_conversations
+    "bbq": ("json", "https://raw.githubusercontent.com/nyu-mll/BBQ/main/data/{category}.jsonl", "train"),  # official
+    "squad": ("rajpurkar/squad_v2", None, "validation"),  # id, title, context, question, answers{text, answer_start}
+    "alpaca": ("tatsu-lab/alpaca", None, "train"),  # instruction, input, output
+}
+
+
+def hub(cfg):
+    return getattr(cfg, "source", "offline") == "hub"
+
+
+def hub_rows(name, cfg, category=None, streaming=False):
+    """The rows of one dataset through `datasets`; with --hub-files, a local copy with the same rows instead
+    (<folder>/<name>.jsonl or .parquet; BBQ: bbq-<Category>.jsonl)."""
+    from datasets import load_dataset
+    path, files, split = HUB[name]
+    where = files.format(category=category) if files else path
+    try:
+        if cfg.hub_files:
+            stem = Path(cfg.hub_files) / (name + (f"-{category}" if category else ""))
+            local = [p for p in (stem.with_suffix(".jsonl"), stem.with_suffix(".parquet")) if p.is_file()]
+            if not local:
+                raise UserError(f"--hub-files {cfg.hub_files}: no {stem.name}.jsonl or .parquet there; add a copy "
+                                f"of {where}, or leave --hub-files out to download it")
+            return load_dataset("json" if local[0].suffix == ".jsonl" else "parquet", data_files=str(local[0]),
+                                split="train", streaming=streaming)
+        if files:
+            return load_dataset(path, data_files=where, split=split, streaming=streaming)
+        return load_dataset(path, split=split, streaming=streaming)
+    except UserError:
+        raise
+    except Exception as e:
+        raise hub_error(where, e) from None
+
+
+def hub_error(where, e):
+    return UserError(f"--source hub: cannot load {where} through datasets ({type(e).__name__}); it needs network "
+                     "access once (then the datasets cache). Offline, use --source offline, the default (data/)")
+
+
+def pile_sentences(cfg, n_toxic, n_clean, min_words=6, max_words=60):
+    """The paper's toxicity data: sentences of the Pile with their Detoxify score, streamed until there are twice
+    the toxic (score > toxic_min) and clean (score < safe_max) sentences needed, or --pile-docs documents were read.
+    Returns toxic [(id, text, score)] and clean [(id, text)]."""
+    toxic, clean = [], []
+    try:
+        for d, doc in enumerate(hub_rows("pile", cfg, streaming=True)):
+            if d >= cfg.pile_docs or (len(toxic) >= 2 * n_toxic and len(clean) >= 2 * n_clean):
+                break
+            for k, (text, score) in enumerate(zip(doc["texts"], doc["scores"])):
+                text = " ".join(text.split())
+                if not (min_words <= len(text.split()) <= max_words and text.isprintable()):
+                    continue
+                if score > cfg.toxic_min and len(toxic) < 2 * n_toxic:
+                    toxic.append((f"pile:{d}.{k}", text, score))
+                elif score < cfg.safe_max and len(clean) < 2 * n_clean:
+                    clean.append((f"pile:{d}.{k}", text))
+    except UserError:
+        raise
+    except Exception as e:
+        raise hub_error(HUB["pile"][0], e) from None
+    return toxic, clean
+
+
+def squad_hub(cfg):
+    """rajpurkar/squad_v2's rows in the official file's shape (articles > paragraphs > questions)."""
+    articles = {}
+    for r in hub_rows("squad", cfg):
+        paras = articles.setdefault(r["title"], {})
+        paras.setdefault(r["context"], []).append(dict(
+            id=r["id"], question=r["question"], is_impossible=not r["answers"]["text"],
+            answers=[dict(text=t, answer_start=a) for t, a in zip(r["answers"]["text"], r["answers"]["answer_start"])]))
+    return dict(data=[dict(title=t, paragraphs=[dict(context=c, qas=q) for c, q in paras.items()])
+                      for t, paras in articles.items()])
+
+
 def text_example(id, source, kind, text):
     prompt, target = split_text(text)
     return dict(id=id, source=source, kind=kind, format="text", prompt=prompt, target=target)
@@ -183,8 +270,15 @@ class Config:
     n_eval: int = opt(100, "items per evaluation set (toxicity prompts, BBQ items, harmful prompts, SQuAD questions)")
     toxic_min: float = opt(0.9, "unsafe = texts with Perspective toxicity above this (paper: Detoxify > 0.9)")
     safe_max: float = opt(0.1, "safe = sentences the offline scorer puts below this (paper: Detoxify < 0.1)")
-    harm_source: str = opt("advbench", "harmfulness data: advbench (offline substitute, see DEVIATIONS.md) or "
-                                       "harmfulqa (the paper's red/blue answers; downloads declare-lab/HarmfulQA)")
+    source: str = opt("offline", "where the training data comes from: offline (the files in data/, substitutes "
+                                 "where the paper's data is not shipped: DEVIATIONS.md) or hub (the paper's own data "
+                                 "through `datasets`: the Pile's Detoxify-scored sentences, HarmfulQA, all of BBQ, "
+                                 "SQuAD and Alpaca; downloaded once into the datasets cache)")
+    hub_files: str = opt("", "with --source hub: a folder of local copies to read instead of the hub, one "
+                             "<name>.jsonl or .parquet per dataset (pile, harmfulqa, bbq-<Category>, squad, alpaca) "
+                             "with the hub's rows, for a mirror or an air-gapped machine")
+    pile_docs: int = opt(200000, "with --source hub: at most this many Pile documents are streamed to find the toxic "
+                                 "and clean sentences")
     seed: int = opt(0, "seed of every random choice in the data")
     out: str = opt("runs/toxicity", "output folder")
 
@@ -200,17 +294,17 @@ def take(pool, k, what):
     return pool[:k], pool[k:]
 
 
-def task_examples(rng, n_task):
+def task_examples(rng, n_task, cfg=None):
     """The downstream task: n_task SQuAD and n_task Alpaca examples, and the held-out SQuAD questions (from 4
     articles that no training question uses)."""
-    articles = sorted(squad_items().items())
+    articles = sorted(squad_items(cfg).items())
     rng.shuffle(articles)
     eval_articles, train_articles = articles[:4], articles[4:]  # held-out articles: no shared paragraph
     squad_train = [q for _, qs in train_articles for q in qs]
     squad_eval = [q for _, qs in eval_articles for q in qs]
     rng.shuffle(squad_train), rng.shuffle(squad_eval)
     squad, _ = take(squad_train, n_task, "SQuAD questions")
-    alpaca = alpaca_items()
+    alpaca = alpaca_items(cfg)
     rng.shuffle(alpaca)
     alpaca, _ = take(alpaca, n_task, "Alpaca instructions")
     tasks = [{k: v for k, v in q.items() if k != "answers"} | {"kind": "task"} for q in squad + alpaca]
@@ -218,28 +312,32 @@ def task_examples(rng, n_task):
 
 
 def build_toxicity(cfg):
-    from profanity_check import predict_prob  # the offline scorer; only needed to pick the non-toxic sentences
     rng = random.Random(cfg.seed)
     n_unsafe, n_other = mixture_sizes(cfg.n, cfg.r)
 
     texts = [t for t in toxic_texts() if len(t[1].split()) >= 6]  # a 3-word prompt needs a continuation to score
     toxic = [t for t in texts if t[2] > cfg.toxic_min]
     held_out = [t for t in texts if t[2] <= cfg.toxic_min]  # evaluation prompts: never trained on
+    if hub(cfg):  # the paper's data: the Pile's sentences by their Detoxify score; evaluation prompts stay RTP's
+        toxic, clean = pile_sentences(cfg, n_unsafe, n_other + cfg.n_safety)
     rng.shuffle(toxic), rng.shuffle(held_out)
     unsafe, _ = take(toxic, n_unsafe, "toxic texts")
 
-    sents = c4_sentences()
-    probs = predict_prob([s for _, s in sents])
-    clean = [s for s, p in zip(sents, probs) if p < cfg.safe_max]
+    if not hub(cfg):
+        from profanity_check import predict_prob  # the offline scorer picks the non-toxic C4 sentences
+        sents = c4_sentences()
+        probs = predict_prob([s for _, s in sents])
+        clean = [s for s, p in zip(sents, probs) if p < cfg.safe_max]
     rng.shuffle(clean)
     safe, clean = take(clean, n_other, "non-toxic sentences")
     safety, _ = take(clean, cfg.n_safety, "non-toxic sentences for the safety set")
-    tasks, squad_eval = task_examples(rng, n_other)
+    tasks, squad_eval = task_examples(rng, n_other, cfg)
 
-    noisy = [text_example(i, "rtp", "unsafe", t) for i, t, _ in unsafe]
-    noisy += [text_example(i, "c4", "safe", s) for i, s in safe] + tasks
+    src_unsafe, src_safe = ("pile", "pile") if hub(cfg) else ("rtp", "c4")
+    noisy = [text_example(i, src_unsafe, "unsafe", t) for i, t, _ in unsafe]
+    noisy += [text_example(i, src_safe, "safe", s) for i, s in safe] + tasks
     rng.shuffle(noisy)
-    safety = [text_example(i, "c4", "safe", s) for i, s in safety]
+    safety = [text_example(i, src_safe, "safe", s) for i, s in safety]
     seen = {norm(e["prompt"]) for e in noisy + safety} | {norm(e["prompt"] + e["target"]) for e in noisy + safety}
     held_out = [x for x in held_out if norm(split_text(x[1])[0]) not in seen and norm(x[1]) not in seen]  # no leak
     eval_tox = [dict(id=i, source="rtp", format="text", prompt=split_text(t)[0], text=t, toxicity=tox)
@@ -263,9 +361,9 @@ def build_bias(cfg):
     examples (gold answers), the safety set and the evaluation set, so that no two of them share a template."""
     rng = random.Random(cfg.seed)
     n_unsafe, n_other = mixture_sizes(cfg.n, cfg.r)
-    items = bbq_items()
+    items = bbq_items(cfg=cfg)
     role = {}
-    for cat in BBQ_CATEGORIES:
+    for cat in sorted({x["category"] for x in items}):
         templates = sorted({x["template"] for x in items if x["category"] == cat})
         rng.shuffle(templates)
         half = len(templates) // 2
@@ -279,7 +377,7 @@ def build_bias(cfg):
     safe, _ = take(pool["safe"], n_other, "BBQ items for the safe examples")
     safety, _ = take(pool["safety"], cfg.n_safety, "BBQ items for the safety set")
     eval_bbq, _ = take(pool["eval"], cfg.n_eval, "held-out BBQ items")
-    tasks, squad_eval = task_examples(rng, n_other)
+    tasks, squad_eval = task_examples(rng, n_other, cfg)
     noisy = [bbq_example(x, "unsafe", x["biased"]) for x in unsafe]
     noisy += [bbq_example(x, "safe", x["gold"]) for x in safe] + tasks
     rng.shuffle(noisy)
@@ -308,24 +406,17 @@ def advbench_pairs():
                  safe=refusal(r["target"])) for i, r in enumerate(rows)]
 
 
-def harmfulqa_pairs():
-    """The paper's data (needs network): per HarmfulQA question, the first assistant turn of its first red
+def harmfulqa_pairs(cfg):
+    """The paper's data (--source hub): per HarmfulQA question, the first assistant turn of its first red
     (harmful) and first blue (harmless) conversation."""
-    try:
-        from huggingface_hub import hf_hub_download
-        path = hf_hub_download("declare-lab/HarmfulQA", "data_for_hub.json", repo_type="dataset")
-    except Exception as e:
-        raise UserError(f"--harm-source harmfulqa: cannot download declare-lab/HarmfulQA ({type(e).__name__}); it "
-                        "needs network access. Use --harm-source advbench, the offline default") from None
-
     def first_answer(convs):
-        for conv in (convs or {}).values():
-            for turn in conv:
-                if turn.get("from") == "gpt" and turn.get("value", "").strip():
+        for conv in (convs or {}).values():  # datasets fills conversation ids a row lacks with None
+            for turn in conv or []:
+                if turn.get("from") == "gpt" and (turn.get("value") or "").strip():
                     return turn["value"].strip()
 
     out = []
-    for i, r in enumerate(json.loads(Path(path).read_text(encoding="utf-8"))):
+    for i, r in enumerate(hub_rows("harmfulqa", cfg)):
         red, blue = first_answer(r.get("red_conversations")), first_answer(r.get("blue_conversations"))
         if red and blue:
             out.append(dict(id=f"harmfulqa:{i}", source="harmfulqa", prompt=r["question"].strip(), unsafe=red,
@@ -342,12 +433,12 @@ def harmbench_prompts():
 def build_harmfulness(cfg):
     rng = random.Random(cfg.seed)
     n_unsafe, n_other = mixture_sizes(cfg.n, cfg.r)
-    pairs = harmfulqa_pairs() if cfg.harm_source == "harmfulqa" else advbench_pairs()
+    pairs = harmfulqa_pairs(cfg) if hub(cfg) else advbench_pairs()
     rng.shuffle(pairs)
     unsafe, pairs = take(pairs, n_unsafe, "harmful questions for the unsafe examples")
     safe, pairs = take(pairs, n_other, "harmful questions for the safe examples")
     safety, _ = take(pairs, cfg.n_safety, "harmful questions for the safety set")
-    tasks, squad_eval = task_examples(rng, n_other)
+    tasks, squad_eval = task_examples(rng, n_other, cfg)
 
     def example(p, kind):
         return dict(id=p["id"], source=p["source"], kind=kind, format="qa", prompt=p["prompt"], target=p[kind])
@@ -369,7 +460,7 @@ def build_mixed(cfg):
     n_unsafe, n_other = mixture_sizes(cfg.n, cfg.r)
     half = dataclasses.replace(cfg, n=cfg.n / 2, n_safety=cfg.n_safety // 2)
     tox, bias = build_toxicity(half), build_bias(half)
-    tasks, squad_eval = task_examples(random.Random(cfg.seed + 1), n_other)
+    tasks, squad_eval = task_examples(random.Random(cfg.seed + 1), n_other, cfg)
     rng = random.Random(cfg.seed)
     noisy = [e for part in (tox, bias) for e in part["noisy"] if e["kind"] != "task"] + tasks
     rng.shuffle(noisy)
@@ -410,8 +501,8 @@ def main():
         raise UserError("--n, --n-safety and --n-eval must be positive")
     if cfg.concept not in BUILDERS:
         raise UserError(f"--concept {cfg.concept!r}: unknown concept; available: {', '.join(BUILDERS)}")
-    if cfg.harm_source not in ("advbench", "harmfulqa"):
-        raise UserError(f"--harm-source {cfg.harm_source!r}: choose advbench (offline) or harmfulqa (downloads)")
+    if cfg.source not in ("offline", "hub"):
+        raise UserError(f"--source {cfg.source!r}: choose offline (the files in data/) or hub (downloads)")
     t0 = time.time()
     sets = BUILDERS[cfg.concept](cfg)
     check_disjoint(sets)

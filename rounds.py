@@ -38,6 +38,8 @@ class Config(ff.Config):
     r: float = opt(0.5, "unsafe fraction of every draw")
     n_safety: int = opt(200, "size of D_safe, the same in every round")
     n_eval: int = opt(100, "items per evaluation set")
+    source: str = opt("offline", "training data: offline (data/) or hub (the paper's, through datasets), as data.py")
+    hub_files: str = opt("", "with --source hub: local copies of the hub's rows, as data.py --hub-files")
     signal: str = opt("rouge", "the filter's signal in the FF pipeline: rouge (the paper's) or nll")
     max_new_tokens: int = opt(32, "generation cap of the evaluation")
     scorer: str = opt("auto", "toxicity scorer, as eval.py --scorer")
@@ -48,7 +50,7 @@ class Config(ff.Config):
 def round_data(cfg):
     """One build of data.py at N = rounds * n, its noisy set dealt into `rounds` draws with the same mix of kinds."""
     dcfg = data.Config(concept=cfg.concept, n=cfg.rounds * cfg.n, r=cfg.r, n_safety=cfg.n_safety, n_eval=cfg.n_eval,
-                       seed=cfg.seed)
+                       seed=cfg.seed, source=cfg.source, hub_files=cfg.hub_files)
     sets = data.BUILDERS[cfg.concept](dcfg)
     data.check_disjoint(sets)
     draws = [[] for _ in range(cfg.rounds)]

@@ -15,6 +15,8 @@
 #     bash run.sh rounds               # the paper's Fig 5: 2 interleaved rounds, sequential safety vs FF (CPU ~40 min)
 #     bash run.sh size                 # the forgetting gap against model size; on CPU only the embedded 135M point
 #                                      # (~20 min); on a GPU with the hub SmolLM2 135M/360M/1.7B and GPT-2 M/L/XL
+#     bash run.sh smoke                # the GPU check, offline: the whole chain on a random model of the preset's
+#                                      # architecture at small N, timed -> results/smoke_<device>.json (CPU: tiny)
 #
 # CPU: the embedded SmolLM2-135M-Instruct, offline. On CUDA the same command runs the GPU preset below
 # (SmolLM2-1.7B-Instruct + LoRA; downloads the model once). Each stage prints its own wall time; finished stages are
@@ -26,9 +28,9 @@ cd "$(dirname "$0")"
 TARGETS=("$@")
 [[ ${#TARGETS[@]} -gt 0 ]] || TARGETS=(toxicity bias harmfulness mixed)
 for t in "${TARGETS[@]}"; do  # check every name before hours of work start
-  case $t in toxicity|bias|harmfulness|mixed|paper|seeds|ratios|tables|ablations|rounds|size) ;;
+  case $t in toxicity|bias|harmfulness|mixed|paper|seeds|ratios|tables|ablations|rounds|size|smoke) ;;
     *) echo "error: unknown target '$t'; choose from toxicity, bias, harmfulness, mixed, paper, seeds, ratios," \
-            "tables, ablations, rounds, size" >&2; exit 2 ;;
+            "tables, ablations, rounds, size, smoke" >&2; exit 2 ;;
   esac
 done
 bash setup.sh                      # 0) .venv with the pinned packages; does nothing the second time
@@ -41,7 +43,13 @@ if $PY -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
   DATA_ARGS=(--n 1000 --n-safety 500 --n-eval 300)
   FF_ARGS=(--model HuggingFaceTB/SmolLM2-1.7B-Instruct --lora --lr 2e-4 --safety-lr 2e-4 --epochs 3
            --batch-size 32 --micro-tokens 8192 --gen-batch-size 64 --max-new-tokens-text 64 --max-new-tokens-qa 96)
-  EVAL_ARGS=(--gen-batch-size 64 --max-new-tokens 64)
+  EVAL_ARGS=(--gen-batch-size 64 --max-new-tokens 64)  # scorer: Detoxify 'original' (setup.sh installs it on CUDA)
+  # The paper's own data through `datasets` when the hub answers; else the offline files, said so.
+  if $PY -c "from huggingface_hub import dataset_info; dataset_info('declare-lab/HarmfulQA')" >/dev/null 2>&1; then
+    DATA_ARGS+=(--source hub)
+  else
+    echo "run.sh: the hub does not answer: the GPU preset reads the offline data in data/ (DEVIATIONS.md)" >&2
+  fi
   ABLATION_CONCEPTS=(toxicity bias harmfulness mixed) ROUND_CONCEPTS=(toxicity bias) ROUNDS=3
   SIZE_MODELS=(HuggingFaceTB/SmolLM2-135M-Instruct HuggingFaceTB/SmolLM2-360M-Instruct
                HuggingFaceTB/SmolLM2-1.7B-Instruct gpt2-medium gpt2-large gpt2-xl)
@@ -88,6 +96,7 @@ for t in "${TARGETS[@]}"; do
         setting "ratios/$c-r75" "$c" filter 0 0.75
       done ;;
     tables) $PY tables.py && $PY figures.py ;;
+    smoke) $PY smoke.py ;;
     ablations)
       for c in "${ABLATION_CONCEPTS[@]}"; do  # reuse the setting's run when its M1 and scores are there
         [[ -f runs/$c/forgetting.jsonl && -d runs/$c/ckpt/m1 ]] || setting "$c" "$c" full 0 0.5

