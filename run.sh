@@ -41,12 +41,13 @@ if $PY -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
   GPU=1
   # GPU preset: more data, a 1.7B model with the paper's LoRA (r 8, alpha 16, q_proj/v_proj), lr 2e-4, batch 32.
   DATA_ARGS=(--n 1000 --n-safety 500 --n-eval 300)
-  FF_ARGS=(--model HuggingFaceTB/SmolLM2-1.7B-Instruct --lora --lr 2e-4 --safety-lr 2e-4 --epochs 3
+  # FF_MODEL=Qwen/Qwen2.5-7B-Instruct bash run.sh: the 7B preset (README, Cost on one GPU), same options.
+  FF_ARGS=(--model "${FF_MODEL:-HuggingFaceTB/SmolLM2-1.7B-Instruct}" --lora --lr 2e-4 --safety-lr 2e-4 --epochs 3
            --batch-size 32 --micro-tokens 8192 --gen-batch-size 64 --max-new-tokens-text 64 --max-new-tokens-qa 96)
   EVAL_ARGS=(--gen-batch-size 64 --max-new-tokens 64)  # scorer: Detoxify 'original' (setup.sh installs it on CUDA)
   # The paper's own data through `datasets` when the hub answers; else the offline files, said so.
   if $PY -c "from huggingface_hub import dataset_info; dataset_info('declare-lab/HarmfulQA')" >/dev/null 2>&1; then
-    DATA_ARGS+=(--source hub)
+    DATA_ARGS+=(--source hub) HUB=1
   else
     echo "run.sh: the hub does not answer: the GPU preset reads the offline data in data/ (DEVIATIONS.md)" >&2
   fi
@@ -71,6 +72,9 @@ setting() {
   local RUN=runs/$name START CUT_DATA=() CUT_FF=() RETRAIN=()
   START=$(date +%s)  # report.py reports the end-to-end time of the run from here
   if small "$concept"; then CUT_DATA=(--n 96) CUT_FF=(--safety-steps 10 25); fi
+  if [[ -n ${GPU:-} && $concept == harmfulness ]]; then  # HarmBench has 200 held-out prompts, AdvBench 520 goals
+    CUT_DATA=(--n-eval 200); [[ -n ${HUB:-} ]] || CUT_DATA+=(--n 300 --n-safety 200)
+  fi
   [[ $mode == full ]] || RETRAIN=(--no-retrain)
   echo "=== $name: $concept, seed $seed, $r unsafe, $mode"
   # 1) the noisy mixture, the safety set and the held-out evaluation sets                          (seconds)
