@@ -101,6 +101,10 @@ def load_run(run):
 
 def main():
     acfg = parse_config(Config, __doc__)
+    if not set(acfg.domains) <= {"task", "other"}:
+        raise UserError(f"--domains {' '.join(acfg.domains)}: choose task and/or other")
+    if any(n <= 0 for n in acfg.sizes) or acfg.extra_t < 0 or acfg.phi_points < 2:
+        raise UserError("--sizes must be positive, --extra-t 0 or more, --phi-points 2 or more")
     run = Path(acfg.run)
     filt, rows, cfg = load_run(run)
     concept = read_json(run / "data.json")["config"]["concept"] if (run / "data.json").is_file() else "own data"

@@ -46,7 +46,7 @@ from common import (UserError, check_writable, clean_leftovers, digest, main_gua
                     peak_memory_gib, release_memory, stage, write_json, write_jsonl, write_text)
 from data import TEMPLATES, load_examples, render
 from figures import run_figure
-from model import (EMBEDDED, add_lora, base_dtype, check_lengths, collate, encode, generate, hardware,
+from model import (EMBEDDED, PRECISIONS, add_lora, base_dtype, check_lengths, collate, encode, generate, hardware,
                    length_grouped_batches, load_model, load_tokenizer, save_checkpoint, setup, setup_device, target_ids,
                    token_budget_split)
 
@@ -120,6 +120,8 @@ def check_config(cfg):
         raise UserError(f"--epochs {cfg.epochs}: M1 and FF train for at least one epoch; pass 1 or more")
     if cfg.max_len < 2:
         raise UserError(f"--max-len {cfg.max_len}: a sequence needs room for a prompt and a target; pass 32 or more")
+    if cfg.precision not in PRECISIONS:
+        raise UserError(f"--precision {cfg.precision}: choose one of {', '.join(PRECISIONS)}")
     if cfg.format not in TEMPLATES:
         raise UserError(f"--format {cfg.format!r}: choose one of {', '.join(TEMPLATES)}")
     parse_phi(cfg.phi, "--phi"), parse_phi(cfg.phi_nll, "--phi-nll")

@@ -170,6 +170,12 @@ GOOD = '{"id": "x", "kind": "safe", "format": "qa", "prompt": "a", "target": "b"
     (["report.py", "--rebuild", "--results", "{tmp}/none"], "no {tmp}/none/<concept>/summary.json", {}),
     (["eval.py", "--run", "{tmp}"], "also appears in the training data",
      {"eval_squad.jsonl": '{"id": "x", "prompt": "a", "answers": ["b"]}\n'}),
+    (["ff.py", "--precision", "fp8"], "--precision fp8: choose one of auto, fp32, bf16, fp16", {}),
+    (["data.py", "--source", "web"], "choose offline (the files in data/) or hub", {}),
+    (["ablate.py", "--run", "{tmp}", "--domains", "web"], "--domains web: choose task and/or other", {}),
+    (["ablate.py", "--run", "{tmp}"], "ckpt/m1: not found", {}),
+    (["rounds.py", "--rounds", "0"], "--rounds 0: run at least one round", {}),
+    (["figures.py", "--run", "/nonexistent/run"], "filter.json: file not found", {}),
 ])
 def test_bad_input_one_line_exit_2(args, needle, files, tmp_path, tiny_dir, monkeypatch, capsys):
     """Each bad input: exit 2, one line naming the problem and the fix, no traceback, nothing written is touched.
@@ -196,7 +202,7 @@ def test_bad_input_one_line_exit_2(args, needle, files, tmp_path, tiny_dir, monk
 
 
 def test_no_remote_code_and_no_unpickling():
-    src = "".join((ROOT / f).read_text() for f in ("common.py", "data.py", "model.py", "ff.py", "eval.py", "report.py", "bench.py"))
+    src = "".join(p.read_text() for p in ROOT.glob("*.py"))
     assert "trust_remote_code=True" not in src and "pickle" not in src and "torch.load(" not in src
 
 
