@@ -25,12 +25,13 @@
 # table in README.md; `paper` and `tables` add results/table1.*, results/table2.* and README's tables.
 set -euo pipefail
 cd "$(dirname "$0")"
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0; fi
 TARGETS=("$@")
 [[ ${#TARGETS[@]} -gt 0 ]] || TARGETS=(toxicity bias harmfulness mixed)
 for t in "${TARGETS[@]}"; do  # check every name before hours of work start
   case $t in toxicity|bias|harmfulness|mixed|paper|seeds|ratios|tables|ablations|rounds|size|smoke) ;;
     *) echo "error: unknown target '$t'; choose from toxicity, bias, harmfulness, mixed, paper, seeds, ratios," \
-            "tables, ablations, rounds, size, smoke" >&2; exit 2 ;;
+            "tables, ablations, rounds, size, smoke (bash run.sh --help says what each does)" >&2; exit 2 ;;
   esac
 done
 bash setup.sh                      # 0) .venv with the pinned packages; does nothing the second time
