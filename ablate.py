@@ -25,10 +25,13 @@ from pathlib import Path
 import ff
 from common import (UserError, digest, git_commit, main_guard, opt, parse_config, read_json, read_jsonl, stage,
                     write_json, write_jsonl)
-from data import advbench_pairs, alpaca_items, c4_sentences, load_examples, text_example
+from data import Config as DataConfig, advbench_pairs, alpaca_items, c4_sentences, load_examples, text_example
 from eval import at_threshold, auroc, average_precision
 from figures import ablation_figure
 from model import setup
+
+
+DATA_FIELDS = {f.name for f in dataclasses.fields(DataConfig)}
 
 
 @dataclass
@@ -43,11 +46,12 @@ class Config:
     device: str = opt("auto", "auto, cpu or cuda")
 
 
-def other_domain(concept, domain, n, seed, taken):
-    """n safe examples from another domain, none of whose ids is in `taken` (the run's noisy and safety sets)."""
+def other_domain(concept, domain, n, seed, taken, data_cfg=None):
+    """n safe examples from another domain (fewer when the pool is smaller), none of whose ids is in `taken` (the
+    run's noisy and safety sets). data_cfg: the run's data.py configuration (its --source)."""
     rng = random.Random(seed)
     if domain == "task":
-        pool = [dict(ex, kind="safe") for ex in alpaca_items() if ex["id"] not in taken]
+        pool = [dict(ex, kind="safe") for ex in alpaca_items(data_cfg) if ex["id"] not in taken]
     elif domain == "other" and concept in ("toxicity", "mixed"):
         pool = [dict(id=p["id"], source=p["source"], kind="safe", format="qa", prompt=p["prompt"], target=p["safe"])
                 for p in advbench_pairs() if p["id"] not in taken]
@@ -68,8 +72,8 @@ def point(rows, s1, phis, kinds):
     out = {}
     labels = [r["kind"] == "unsafe" for r in rows]
     for sig in ("rouge", "nll"):
-        x = [r["m1"]["rouge"] - s1[r["id"]]["rouge"] if sig == "rouge" else s1[r["id"]]["nll"] - r["m1"]["nll"]
-             for r in rows]
+        x = [round(r["m1"]["rouge"] - s1[r["id"]]["rouge"] if sig == "rouge" else s1[r["id"]]["nll"] - r["m1"]["nll"],
+                   4) for r in rows]  # rounded as ff.forgetting_rows rounds, so the same examples are flagged
         a = at_threshold(rows, x, phis[sig], kinds)
         out[sig] = dict(auroc=round(auroc(x, labels), 4), ap=round(average_precision(x, labels), 4),
                         precision=a["precision"], recall=a["recall"], f1=a["f1"])
@@ -107,13 +111,17 @@ def main():
         raise UserError("--sizes must be positive, --extra-t 0 or more, --phi-points 2 or more")
     run = Path(acfg.run)
     filt, rows, cfg = load_run(run)
-    concept = read_json(run / "data.json")["config"]["concept"] if (run / "data.json").is_file() else "own data"
+    dj = read_json(run / "data.json") if (run / "data.json").is_file() else None
+    concept = dj["config"]["concept"] if dj else "own data"
+    data_cfg = DataConfig(**{k: v for k, v in dj["config"].items() if k in DATA_FIELDS}) if dj else None
     noisy = load_examples(cfg.noisy or run / "noisy.jsonl", cfg.format)[0]
     safety = load_examples(cfg.safe or run / "safety.jsonl", cfg.format)[0]
     if any(n >= len(safety) for n in acfg.sizes):
         raise UserError(f"--sizes {acfg.sizes}: each must be below the run's {len(safety)} safety examples")
     device, _, _, _ = setup(acfg.device, cfg.precision)
     ts = sorted(set(cfg.safety_steps))
+    if acfg.extra_t > ts[-1]:
+        raise UserError(f"--extra-t {acfg.extra_t}: must lie within the run's safety schedule (t up to {ts[-1]})")
     filter_t, phis = filt["filter_t"], filt["thresholds"]
     kinds = [k for k in ("unsafe", "safe", "task") if any(r["kind"] == k for r in rows)]
     taken = {ex["id"] for ex in noisy + safety}
@@ -153,7 +161,7 @@ def main():
         size_points[n] = record(f"size={n}", v["scores"])
     domain_points = [dict(domain=concept + " (the run)", n=len(safety), **record("domain=concept", full))]
     for d in acfg.domains:
-        examples = other_domain(concept, d, len(safety), cfg.seed, taken)
+        examples = other_domain(concept, d, len(safety), cfg.seed, taken, data_cfg)
         v = variant(f"domain_{d}", examples, filter_t, f"ablation D_safe from {d}")
         domain_points.append(dict(domain=d, n=len(examples), **record(f"domain={d}", v["scores"])))
 

@@ -407,17 +407,18 @@ def advbench_pairs():
 
 
 def harmfulqa_pairs(cfg):
-    """The paper's data (--source hub): per HarmfulQA question, the first assistant turn of its first red
-    (harmful) and first blue (harmless) conversation."""
-    def first_answer(convs):
+    """The paper's data (--source hub): per HarmfulQA question, the last assistant turn of its first red
+    (harmful) and first blue (harmless) conversation. The conversations lead up to the question over several turns
+    (the dataset's chain of utterances), so the last answer is the one closest to it (DEVIATIONS.md)."""
+    def last_answer(convs):
         for conv in (convs or {}).values():  # datasets fills conversation ids a row lacks with None
-            for turn in conv or []:
-                if turn.get("from") == "gpt" and (turn.get("value") or "").strip():
-                    return turn["value"].strip()
+            answers = [t["value"].strip() for t in conv or [] if t.get("from") == "gpt" and (t.get("value") or "").strip()]
+            if answers:
+                return answers[-1]
 
     out = []
     for i, r in enumerate(hub_rows("harmfulqa", cfg)):
-        red, blue = first_answer(r.get("red_conversations")), first_answer(r.get("blue_conversations"))
+        red, blue = last_answer(r.get("red_conversations")), last_answer(r.get("blue_conversations"))
         if red and blue:
             out.append(dict(id=f"harmfulqa:{i}", source="harmfulqa", prompt=r["question"].strip(), unsafe=red,
                             safe=blue))

@@ -162,7 +162,7 @@ def train(model, tok, examples, cfg, lr, steps=None, epochs=None, on_step=None, 
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=FUSED)
     order, log, model_was_training = batches(), [], model.training
     model.train()
-    t0, tokens = time.time(), 0
+    t0, tokens, scoring_s = time.time(), 0, 0.0
     bar = tqdm(range(min(total, until or total)), desc=desc, unit="step")
     for step in bar:
         for g in opt.param_groups:
@@ -193,13 +193,16 @@ def train(model, tok, examples, cfg, lr, steps=None, epochs=None, on_step=None, 
         skipped += scaler.is_enabled() and scaler.get_scale() < scale  # the scale drops only after a skipped step
         opt.zero_grad(set_to_none=True)
         log.append(dict(step=step + 1, loss=round(lossf, 4), lr=get_lr(step, total, lr)))
-        bar.set_postfix(loss=f"{lossf:.3f}", tok_s=f"{tokens / (time.time() - t0):.0f}")
+        bar.set_postfix(loss=f"{lossf:.3f}", tok_s=f"{tokens / (time.time() - t0 - scoring_s):.0f}")
         if on_step is not None:
+            t_cb = time.time()
             on_step(step + 1)
+            scoring_s += time.time() - t_cb  # the scores at t: timed apart, so that tokens / train_s is training
     model.train(model_was_training)
     del opt  # AdamW's two moments, twice the model's size: give them back before whatever comes next
     release_memory()
-    return dict(steps=len(log), tokens=tokens, wall_s=round(time.time() - t0, 1), loss=log) | (
+    return dict(steps=len(log), tokens=tokens, wall_s=round(time.time() - t0, 1),
+                train_s=round(time.time() - t0 - scoring_s, 1), loss=log) | (
         dict(skipped_steps=skipped) if scaler.is_enabled() else {})
 
 

@@ -122,8 +122,9 @@ def plot_forgetting(s, path):
             ax.plot(ts, [0] + [v["mean_by_kind"][k] for v in d["by_t"].values()], "o-", color=COLORS.get(k),
                     label=k)
             ct = [t for t, v in d["by_t"].items() if "control" in v]  # the control: M0 scored at the filter's t
-            ax.plot([int(t) for t in ct], [d["by_t"][t]["control"]["mean_by_kind"][k] for t in ct], "x",
-                    markersize=9, color=COLORS.get(k), label=f"{k} (control: M0)")
+            if ct:
+                ax.plot([int(t) for t in ct], [d["by_t"][t]["control"]["mean_by_kind"][k] for t in ct], "x",
+                        markersize=9, color=COLORS.get(k), label=f"{k} (control: M0)")
         ax.set_xlabel("safety-finetuning steps t")
         ax.set_ylabel("ROUGE-1 drop" if sig == "rouge" else "target NLL increase (nats/token)")
         ax.set_title(f"{sig} forgetting per kind")
@@ -164,13 +165,14 @@ def ablation_figure(ab, path):
         ax.plot([p["phi"] for p in sw["points"]], [p["f1"] for p in sw["points"]], "-", label="F1")
         ax.plot([p["phi"] for p in sw["points"]], [p["precision"] for p in sw["points"]], ":", label="precision")
         ax.plot([p["phi"] for p in sw["points"]], [p["recall"] for p in sw["points"]], ":", label="recall")
-        ax.axvline(sw["fixed"], color="black", ls="--", lw=1, label=f"fixed phi {sw['fixed']:g}")
+        if sw["fixed"] != sw["otsu"]:  # a run with --phi auto filtered at Otsu's threshold itself
+            ax.axvline(sw["fixed"], color="black", ls="--", lw=1, label=f"the run's phi {sw['fixed']:g}")
         ax.axvline(sw["otsu"], color="tab:orange", ls="--", lw=1, label=f"Otsu {sw['otsu']:g}")
         ax.set_xlabel(f"phi ({sig}), t = {ab['filter_t']}")
         ax.set_ylabel("%")
         ax.legend(fontsize=7)
     ax = axes[4]
-    names = [d["domain"] for d in ab["domain"]]
+    names = [f"{d['domain']}\n(n = {d['n']})" for d in ab["domain"]]
     for k, sig in enumerate(("rouge", "nll")):
         ax.bar([i + 0.4 * k for i in range(len(names))], [d[sig]["auroc"] for d in ab["domain"]], width=0.4,
                label=f"{sig} AUROC")
@@ -193,7 +195,7 @@ def rounds_figure(rj, path):
     for ax, m in zip(axes[0], metrics):
         for pipe, style in (("sequential", "o-"), ("ff", "s-")):  # x: the sequential step each point follows
             pts = [p for p in rj["points"] if p["pipeline"] in (pipe, "start")]
-            ax.plot([p["x"] for p in pts], [p[m] for p in pts], style, label=pipe)
+            ax.plot([p["x"] for p in pts], [float("nan") if p[m] is None else p[m] for p in pts], style, label=pipe)
         ticks = [p for p in rj["points"] if p["pipeline"] in ("sequential", "start")]
         ax.set_xticks([p["x"] for p in ticks], [p["step"].replace("seq ", "") for p in ticks], rotation=30,
                       fontsize=7)

@@ -45,7 +45,7 @@ def setup_device(name, precision="auto"):
     if precision not in PRECISIONS:
         raise UserError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
     if precision == "auto":
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device == "cuda" else "fp32"
+        precision = ("bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16") if device == "cuda" else "fp32"
     amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     autocast = torch.autocast(device, dtype=amp) if amp else nullcontext()
     note = (f"autocast {amp}" + (" + GradScaler" if amp == torch.float16 else "") if amp else

@@ -24,6 +24,7 @@ from common import UserError, digest, git_commit, main_guard, opt, parse_config,
 from eval import evaluate, load_scorer
 from figures import rounds_figure
 from model import save_checkpoint, setup
+from report import fmt
 
 METRIC_OF = {"toxicity": lambda m: m["toxicity"], "s_amb": lambda m: m["bias"]["s_amb"],
              "compliance": lambda m: m["harm"]["compliance"], "squad_f1": lambda m: m["squad_f1"]}
@@ -71,6 +72,8 @@ def check(cfg):
         raise UserError(f"--concept {cfg.concept!r}: choose one of {', '.join(data.BUILDERS)}")
     if cfg.rounds < 1:
         raise UserError(f"--rounds {cfg.rounds}: run at least one round")
+    if cfg.source not in ("offline", "hub"):
+        raise UserError(f"--source {cfg.source!r}: choose offline (the files in data/) or hub (downloads)")
     if cfg.signal not in ("rouge", "nll"):
         raise UserError(f"--signal {cfg.signal!r}: choose rouge or nll")
 
@@ -122,7 +125,9 @@ def main():
             ff.train(model, tok, safety, cfg, cfg.safety_lr, steps=ts[-1], desc=f"{name}: M2 <- M1 + D_safe",
                      on_step=ff.scores_at(s_t, model, tok, noisy, cfg, f"{name}: M2", ts))
             return dict(s_m1=s_m1, s_t=s_t)
-        v = stage(run, name, name, dict(base_key, m1=m1, noisy=digest(noisy), ts=ts), compute)
+        key = dict(base_key, m1=m1, noisy=digest(noisy), safety=digest([ex["id"] for ex in safety]), ts=ts,
+                   caps=[cfg.max_new_tokens_text, cfg.max_new_tokens_qa], gen_batch_size=cfg.gen_batch_size)
+        v = stage(run, name, name, key, compute)
         rows = ff.forgetting_rows(noisy, {ex["id"]: None for ex in noisy}, v["s_m1"], v["s_t"], {},
                                   [str(t) for t in ts])
         phis = ff.resolve_thresholds(cfg, rows, filter_t)
@@ -162,7 +167,7 @@ def main():
         prev = finetune(f"ff_r{k}", prev, kept)
         measure(f"FF r{k}", "ff", 2 * k - 1, prev, n_train=len(kept))
 
-    out = dict(concept=cfg.concept, model=cfg.model, seed=cfg.seed, rounds=cfg.rounds, n=len(draws[0]),
+    out = dict(concept=cfg.concept, model=cfg.model, seed=cfg.seed, source=cfg.source, rounds=cfg.rounds, n=len(draws[0]),
                signal=cfg.signal, t=ts[-1], filter_t=filter_t, scorer=scorer_name, commit=git_commit(),
                wall_s=round(time.time() - t0, 1), points=points, filters=filters)
     write_json(run / "rounds.json", out)
@@ -173,7 +178,7 @@ def main():
         write_jsonl(res / "rounds_rows.jsonl", eval_rows)
         rounds_figure(out, res / "rounds.png")
     for p in points:
-        print(f"{p['step']:16s} " + " ".join(f"{m} {p[m]:.3f}" for m in METRIC_OF if m in p))
+        print(f"{p['step']:16s} " + " ".join(f"{m} {fmt(p[m])}" for m in METRIC_OF if m in p))
     print(f"wrote {run}/rounds.json, rounds.png" + (f" and {res}/" if cfg.results else ""))
 
 

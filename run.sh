@@ -52,7 +52,7 @@ if $PY -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
   else
     echo "run.sh: the hub does not answer: the GPU preset reads the offline data in data/ (DEVIATIONS.md)" >&2
   fi
-  ABLATION_CONCEPTS=(toxicity bias harmfulness mixed) ROUND_CONCEPTS=(toxicity bias) ROUNDS=3
+  ABLATION_CONCEPTS=(toxicity bias harmfulness mixed) ROUND_CONCEPTS=(toxicity bias) ROUNDS=3 ROUND_N=333
   SIZE_MODELS=(HuggingFaceTB/SmolLM2-135M-Instruct HuggingFaceTB/SmolLM2-360M-Instruct
                HuggingFaceTB/SmolLM2-1.7B-Instruct gpt2-medium gpt2-large gpt2-xl)
 else
@@ -61,7 +61,7 @@ else
   DATA_ARGS=()
   FF_ARGS=()
   EVAL_ARGS=()
-  ABLATION_CONCEPTS=(toxicity harmfulness) ROUND_CONCEPTS=(toxicity) ROUNDS=2
+  ABLATION_CONCEPTS=(toxicity harmfulness) ROUND_CONCEPTS=(toxicity) ROUNDS=2 ROUND_N=160
   SIZE_MODELS=(smollm2-135m)  # the embedded model: the other sizes need the hub and a GPU
 fi
 EXTRA_FF=()
@@ -108,10 +108,10 @@ for t in "${TARGETS[@]}"; do
         $PY ablate.py --run "runs/$c" --name "$c"
       done ;;
     rounds)
-      for c in "${ROUND_CONCEPTS[@]}"; do
+      for c in "${ROUND_CONCEPTS[@]}"; do  # --n: each round's draw (N of the settings split over the rounds)
         CUT=(); if small "$c"; then CUT=(--n 96 --safety-steps 10 25); fi
         $PY rounds.py --run "runs/rounds/$c" --concept "$c" --rounds "$ROUNDS" --phi 0.1 --phi-nll 0.5 \
-          --name "rounds/$c" "${DATA_ARGS[@]}" "${FF_ARGS[@]}" "${EVAL_ARGS[@]}" "${CUT[@]}"
+          --name "rounds/$c" "${DATA_ARGS[@]}" --n "$ROUND_N" "${FF_ARGS[@]}" "${EVAL_ARGS[@]}" "${CUT[@]}"
       done ;;
     size)
       for m in "${SIZE_MODELS[@]}"; do  # the filter only (no FF, no evaluation), toxicity at 50 % unsafe

@@ -10,6 +10,7 @@ embedded model's (SmolLM2's, shared by the family), or --tokenizer <folder>. Wri
 --json (default results/smoke_<device>.json).
 """
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import data
 import eval as ev
 import ff
 from bench import matmul_peak
-from common import main_guard, opt, parse_config, write_json
+from common import UserError, main_guard, opt, parse_config, write_json
 from model import EMBEDDED, hardware, load_tokenizer, setup
 
 # SmolLM2-1.7B-Instruct's config.json (the GPU preset's model), and a tiny model of the same family for CPU.
@@ -75,6 +76,12 @@ def main():
     cfg = parse_config(Config, __doc__)
     device, _, _, note = setup(cfg.device)
     run, t0 = Path(cfg.out), time.time()
+    if (run / ".smoke").is_file():  # an earlier check's folder: measure afresh, never skip its stages
+        shutil.rmtree(run)
+    elif run.exists() and any(run.iterdir()):
+        raise UserError(f"--out {run}: not empty and not an earlier smoke check's folder; pass a new folder")
+    run.mkdir(parents=True, exist_ok=True)
+    (run / ".smoke").write_text("")
     arch, params = random_model(cfg, device, run / "model")
     gpu = device == "cuda"
     caps = ["--max-new-tokens-text", cfg.max_new_tokens, "--max-new-tokens-qa", cfg.max_new_tokens]
@@ -88,7 +95,7 @@ def main():
     filt = json.loads((run / "filter.json").read_text())
     evals = json.loads((run / "eval.json").read_text())
     tokens = sum(t["tokens"] for t in filt["train"].values())
-    train_s = sum(t["wall_s"] for t in filt["train"].values())
+    train_s = sum(t["train_s"] for t in filt["train"].values())  # optimizer steps only, the scores at t apart
     lora = gpu  # the preset trains LoRA on CUDA: no weight gradients, ~4 FLOPs per parameter and token, else 6
     peak = matmul_peak(device, torch.bfloat16 if gpu else torch.float32)
     tok_s = tokens / train_s

@@ -57,6 +57,7 @@ def test_phi_sweep_equals_the_filter_at_the_same_phi(ablated):
         sweep = ab["phi"][sig]
         at = next(p for p in sweep["points"] if p["phi"] == sweep["fixed"])
         assert at["f1"] == m["signals"][sig]["at_threshold"]["f1"]
+        assert ab["t"][-1][sig]["f1"] == at["f1"]  # the run's own t, recomputed from its scores, flags alike
         assert next(p for p in sweep["points"] if p["phi"] == sweep["otsu"])["f1"] == m["auto_phi"][sig]["f1"]
 
 
