@@ -148,7 +148,7 @@ def test_base_dtype_follows_the_autocast_dtype(monkeypatch):
     """A frozen LoRA base is stored in the autocast dtype: bf16, or fp16 where the GPU has no bf16."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     for bf16, want in ((True, torch.bfloat16), (False, torch.float16)):
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16)
         assert mdl.setup_device("cuda")[1] == want and mdl.base_dtype("cuda", lora=True) == want
         assert mdl.base_dtype("cuda", lora=False) == torch.float32  # trained weights stay fp32 under autocast
     assert mdl.base_dtype("cpu", lora=True) == torch.float32
