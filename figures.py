@@ -208,13 +208,15 @@ def rounds_figure(rj, path):
 
 
 def size_points(results):
-    """One point per run of the size study (results/size/<concept>-<model>/, run.sh size) per signal: concept, model,
-    parameter count, AUROC and the unsafe-minus-rest forgetting gap at the filter's t."""
-    points = []
-    for p in sorted(Path(results).glob("size/*/summary.json")):
-        s = read_json(p)
-        if not s.get("params") or "filter" not in s:
+    """One point per run of the size study (results/size/<concept>-<model>/, run.sh size; the toxicity setting's run
+    stands for its model when the study has no run of it) per signal: concept, model, parameter count, AUROC and the
+    unsafe-minus-rest forgetting gap at the filter's t."""
+    points, seen = [], set()
+    for p in sorted(Path(results).glob("size/*/summary.json")) + [Path(results) / "toxicity/summary.json"]:
+        s = read_json(p) if p.is_file() else {}  # the toxicity setting: the embedded model's point, if not above
+        if not s.get("params") or "filter" not in s or (s["model"], s["concept"]) in seen:
             continue
+        seen.add((s["model"], s["concept"]))
         t = str(s["filter"]["filter_t"])
         for sig, d in s["filter"]["signals"].items():
             by = d["by_t"][t]["mean_by_kind"]

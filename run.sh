@@ -115,6 +115,8 @@ for t in "${TARGETS[@]}"; do
       done ;;
     size)
       for m in "${SIZE_MODELS[@]}"; do  # the filter only (no FF, no evaluation), toxicity at 50 % unsafe
+        # the embedded model's point is the toxicity setting itself when its run recorded the model's size
+        [[ $m == smollm2-135m ]] && grep -qs '"params": [0-9]' results/toxicity/summary.json && continue
         EXTRA_FF=(--model "$m"); [[ $m == gpt2* ]] && EXTRA_FF+=(--lora)
         setting "size/toxicity-${m##*/}" toxicity filter 0 0.5
       done
