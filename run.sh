@@ -14,7 +14,8 @@
 #                                      # toxicity and harmfulness (CPU ~15 min each on top of their runs)
 #     bash run.sh rounds               # the paper's Fig 5: 2 interleaved rounds, sequential safety vs FF (CPU ~40 min)
 #     bash run.sh size                 # the forgetting gap against model size; on CPU only the embedded 135M point
-#                                      # (~20 min); on a GPU with the hub SmolLM2 135M/360M/1.7B and GPT-2 M/L/XL
+#                                      # (the toxicity run's, else ~20 min); on a GPU SmolLM2 135M/360M/1.7B and
+#                                      # GPT-2 M/L/XL from the hub
 #     bash run.sh smoke                # the GPU check, offline: the whole chain on a random model of the preset's
 #                                      # architecture at small N, timed -> results/smoke_<device>.json (CPU: tiny)
 #
