@@ -2,7 +2,7 @@
 # ForgetFilter end to end: build the data, learn -> forget -> filter -> retrain, evaluate, report. One command on a
 # fresh machine:
 #
-#     bash run.sh                      # the four settings at seed 0: toxicity, bias, harmfulness, mixed (CPU ~2.2 h)
+#     bash run.sh                      # the four settings at seed 0: toxicity, bias, harmfulness, mixed (CPU ~2.5 h)
 #     bash run.sh bias                 # one setting (or several: `bash run.sh toxicity mixed`)
 #     bash run.sh paper                # everything the paper's tables and figures need (CPU ~7 h): the four
 #                                      # settings, seeds 1 and 2 of toxicity and harmfulness, the filter at 25 / 75 %
