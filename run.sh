@@ -11,7 +11,8 @@
 #     bash run.sh ratios               # part of paper: the filter at 25 / 75 % unsafe, no FF (CPU ~1 h)
 #     bash run.sh tables               # Tables 1 and 2, the claims and every figure again, from results/ only
 #     bash run.sh ablations            # the paper's Fig 8: the filter against t, phi, |D_safe| and its domain, on
-#                                      # toxicity and harmfulness (CPU ~15 min each on top of their runs)
+#                                      # toxicity and harmfulness (CPU ~15 min each; their M1 and scores first when
+#                                      # runs/ lacks them, ~10 min each)
 #     bash run.sh rounds               # the paper's Fig 5: 2 interleaved rounds, sequential safety vs FF (CPU ~40 min)
 #     bash run.sh size                 # the forgetting gap against model size; on CPU only the embedded 135M point
 #                                      # (the toxicity run's, else ~20 min); on a GPU SmolLM2 135M/360M/1.7B and
@@ -68,7 +69,8 @@ fi
 EXTRA_FF=()
 small() { [[ -z "${GPU:-}" && "$1" != toxicity ]]; }  # the CPU cut for every setting but toxicity
 
-# setting <name> <concept> <full | filter> <seed> <unsafe ratio>: one run into runs/<name>, reported as results/<name>
+# setting <name> <concept> <full | filter | scores> <seed> <unsafe ratio>: one run into runs/<name>, reported as
+# results/<name> (scores: only M1, M2 and the forgetting scores, for the ablations; no evaluation, no report)
 setting() {
   local name=$1 concept=$2 mode=$3 seed=$4 r=$5
   local RUN=runs/$name START CUT_DATA=() CUT_FF=() RETRAIN=()
@@ -86,6 +88,7 @@ setting() {
   #    (Replay, random and oracle filter); the control (the same safety finetuning applied to M0)   (CPU: 20-35 min)
   $PY ff.py --run "$RUN" --seed "$seed" --phi 0.1 --phi-nll 0.5 --signals rouge nll "${RETRAIN[@]}" \
     "${FF_ARGS[@]}" "${CUT_FF[@]}" "${EXTRA_FF[@]}"
+  [[ $mode == scores ]] && return
   # 3) the filter's quality; safety metrics and SQuAD for every condition                        (CPU: 4-8 min)
   if [[ $mode == full ]]; then $PY eval.py --run "$RUN" "${EVAL_ARGS[@]}"; else $PY eval.py --run "$RUN" --filter-only; fi
   # 4) the report: results/<name>/, results/summary.json, README's table (from the saved outputs only)
@@ -104,8 +107,9 @@ for t in "${TARGETS[@]}"; do
     tables) $PY tables.py && $PY figures.py ;;
     smoke) $PY smoke.py ;;
     ablations)
-      for c in "${ABLATION_CONCEPTS[@]}"; do  # reuse the setting's run when its M1 and scores are there
-        [[ -f runs/$c/forgetting.jsonl && -d runs/$c/ckpt/m1 ]] || setting "$c" "$c" full 0 0.5
+      for c in "${ABLATION_CONCEPTS[@]}"; do  # reuse the setting's run when its M1 and scores are there, else
+        # make only those (the stages resume: a later `bash run.sh <concept>` adds FF and the evaluation to them)
+        [[ -f runs/$c/forgetting.jsonl && -d runs/$c/ckpt/m1 ]] || setting "$c" "$c" scores 0 0.5
         $PY ablate.py --run "runs/$c" --name "$c"
       done ;;
     rounds)
