@@ -67,16 +67,20 @@ def other_domain(concept, domain, n, seed, taken, data_cfg=None):
 
 
 def point(rows, s1, phis, kinds):
-    """AUROC, AP and P/R/F1 at the run's threshold of both signals, from M1's scores (in the rows) and the scores
-    s1 after a variant's safety finetuning."""
+    """AUROC, AP, P/R/F1 at the run's threshold, mean forgetting per kind and the unsafe-minus-rest gap of both
+    signals, from M1's scores (in the rows) and the scores s1 after a variant's safety finetuning."""
     out = {}
     labels = [r["kind"] == "unsafe" for r in rows]
     for sig in ("rouge", "nll"):
         x = [round(r["m1"]["rouge"] - s1[r["id"]]["rouge"] if sig == "rouge" else s1[r["id"]]["nll"] - r["m1"]["nll"],
                    4) for r in rows]  # rounded as ff.forgetting_rows rounds, so the same examples are flagged
         a = at_threshold(rows, x, phis[sig], kinds)
+        by = {k: round(sum(v for v, r in zip(x, rows) if r["kind"] == k) / sum(r["kind"] == k for r in rows), 4)
+              for k in kinds}  # the domain ablation's question: does forgetting spread over every kind?
+        rest = [v for k, v in by.items() if k != "unsafe"]
         out[sig] = dict(auroc=round(auroc(x, labels), 4), ap=round(average_precision(x, labels), 4),
-                        precision=a["precision"], recall=a["recall"], f1=a["f1"])
+                        precision=a["precision"], recall=a["recall"], f1=a["f1"], mean_by_kind=by,
+                        gap=round(by["unsafe"] - sum(rest) / len(rest), 4))
     return out
 
 

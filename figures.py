@@ -149,9 +149,11 @@ def results_figures(folder, s):
 # The experiments of the paper's figures.
 
 def ablation_figure(ab, path):
-    """ablate.py's output: filter F1 and AUROC of both signals against t, phi, the safe set's size and its domain."""
+    """ablate.py's output: filter F1 and AUROC of both signals against t, phi, the safe set's size and its domain;
+    per domain, the mean forgetting of each kind (does it spread over every kind, or stay on the unsafe ones?)."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 5, figsize=(22, 3.6))
+    fig, axes = plt.subplots(2, 4, figsize=(20, 7.6))
+    axes = axes.ravel()
     for ax, key, xlabel in ((axes[0], "t", "safety steps t"), (axes[3], "size", "safe examples in D_safe")):
         for sig in ("rouge", "nll"):
             pts = ab[key]
@@ -171,17 +173,29 @@ def ablation_figure(ab, path):
         ax.set_xlabel(f"phi ({sig}), t = {ab['filter_t']}")
         ax.set_ylabel("%")
         ax.legend(fontsize=7)
-    ax = axes[4]
     names = [f"{d['domain']}\n(n = {d['n']})" for d in ab["domain"]]
+    ax = axes[4]
     for k, sig in enumerate(("rouge", "nll")):
         ax.bar([i + 0.4 * k for i in range(len(names))], [d[sig]["auroc"] for d in ab["domain"]], width=0.4,
                label=f"{sig} AUROC")
     ax.axhline(0.5, color="gray", lw=0.5)
-    ax.set_xticks([i + 0.2 for i in range(len(names))], names)
-    ax.set_xlabel("domain of the safe set")
+    ax.set_xticks([i + 0.2 for i in range(len(names))], names, fontsize=7)
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=7)
-    for ax, title in zip(axes, ("t", "phi (rouge)", "phi (nll)", "size of D_safe", "domain of D_safe")):
+    for ax, sig in ((axes[5], "rouge"), (axes[6], "nll")):
+        kinds = list(ab["domain"][0][sig].get("mean_by_kind", {}))
+        w = 0.8 / max(len(kinds), 1)
+        for k, kind in enumerate(kinds):
+            ax.bar([i + w * k for i in range(len(names))], [d[sig]["mean_by_kind"][kind] for d in ab["domain"]],
+                   width=w, label=kind)
+        ax.axhline(0, color="gray", lw=0.5)
+        ax.set_xticks([i + 0.4 - w / 2 for i in range(len(names))], names, fontsize=7)
+        ax.set_ylabel(f"mean forgetting ({sig})")
+        ax.legend(fontsize=7)
+    axes[7].axis("off")
+    titles = ("t", "phi (rouge)", "phi (nll)", "size of D_safe", "domain of D_safe: AUROC",
+              "domain of D_safe: forgetting per kind (rouge)", "domain of D_safe: forgetting per kind (nll)")
+    for ax, title in zip(axes, titles):
         ax.set_title(title, fontsize=9)
     fig.suptitle(f"ablations: {ab['concept']}, {ab['model']}, seed {ab['seed']}", fontsize=9)
     return save(fig, path)

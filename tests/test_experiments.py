@@ -40,7 +40,9 @@ def test_ablations_cover_t_size_and_domain(ablated):
     assert [d["domain"] for d in ab["domain"]] == ["toxicity (the run)", "task", "other"]
     assert all(d["n"] == 16 for d in ab["domain"])
     for p in ab["t"] + ab["size"] + ab["domain"]:
-        assert set(p["rouge"]) == {"auroc", "ap", "precision", "recall", "f1"}
+        assert set(p["rouge"]) == {"auroc", "ap", "precision", "recall", "f1", "mean_by_kind", "gap"}
+        by = p["nll"]["mean_by_kind"]
+        assert p["nll"]["gap"] == pytest.approx(by["unsafe"] - (by["safe"] + by["task"]) / 2, abs=2e-4)
     filt = read(ablated / "filter.json")
     assert ab["t"][-1]["rouge"]["f1"] == ab["size"][-1]["rouge"]["f1"]  # both are the run's own M2 at t = 3
     rows = read(ablated / "results/toxicity/ablations.json")
@@ -59,6 +61,9 @@ def test_phi_sweep_equals_the_filter_at_the_same_phi(ablated):
         assert at["f1"] == m["signals"][sig]["at_threshold"]["f1"]
         assert ab["t"][-1][sig]["f1"] == at["f1"]  # the run's own t, recomputed from its scores, flags alike
         assert next(p for p in sweep["points"] if p["phi"] == sweep["otsu"])["f1"] == m["auto_phi"][sig]["f1"]
+        t = str(ab["filter_t"])  # the run's own point: the same mean forgetting per kind as the filter's report
+        assert ab["domain"][0][sig]["mean_by_kind"] == pytest.approx(m["signals"][sig]["by_t"][t]["mean_by_kind"],
+                                                                     abs=1e-4)
 
 
 def test_t_ablation_equals_a_run_that_scored_that_t(ablated, tiny_dir, tmp_path):
