@@ -389,6 +389,54 @@ def render_signals(t1):
     return "\n".join(lines) + "\n", nll_wins, len(pairs)
 
 
+def render_figures(results):
+    """The numbers behind the figures of the paper's Fig 5 and 8 and the size study (README, The paper's figures),
+    from results/<concept>/ablations.json, results/rounds/<concept>/rounds.json and results/size/size.json."""
+    out = []
+    for p in sorted(Path(results).glob("*/ablations.json")):
+        ab = read_json(p)
+        out += [f"**Ablations, {ab['concept']}** ({ab['model']}, seed {ab['seed']}, commit {ab['commit']}, "
+                f"{ab['wall_s'] / 60:.1f} min; filter at t = {ab['filter_t']}, phi rouge {ab['thresholds']['rouge']:g}"
+                f", nll {ab['thresholds']['nll']:g}; gap: mean forgetting of unsafe minus the rest's)", "",
+                "| variant | ROUGE AUROC | ROUGE F1 | ROUGE gap | NLL AUROC | NLL F1 | NLL gap |",
+                "|---|---|---|---|---|---|---|"]
+        variants = [(f"t = {q['x']}", q) for q in ab["t"]] + [(f"&#124;D_safe&#124; = {q['x']}", q) for q in ab["size"]]
+        variants += [(f"D_safe from {q['domain']} (n {q['n']})", q) for q in ab["domain"]]
+        for name, q in variants:
+            out.append(f"| {name} | " + " | ".join(f"{q[sig]['auroc']:.3f} | {q[sig]['f1']:.1f} | {q[sig]['gap']:.3f}"
+                                                    for sig in ("rouge", "nll")) + " |")
+        for sig, sw in ab["phi"].items():
+            best = max(sw["points"], key=lambda q: q["f1"])
+            at = {q["phi"]: q["f1"] for q in sw["points"]}
+            lo, hi = sw["points"][0]["phi"], sw["points"][-1]["phi"]
+            out.append(f"\nphi sweep ({sig}, {len(sw['points'])} points over {lo:g} .. {hi:g}): F1 {at[sw['fixed']]:.1f} "
+                       f"at the run's phi {sw['fixed']:g}, {at[sw['otsu']]:.1f} at Otsu's {sw['otsu']:g}, at most "
+                       f"{best['f1']:.1f} (phi {best['phi']:g}).")
+        out.append("")
+    for p in sorted(Path(results).glob("rounds/*/rounds.json")):
+        rj = read_json(p)
+        metrics = [m for m in ("toxicity", "s_amb", "compliance", "squad_f1") if m in rj["points"][0]]
+        out += [f"**Interleaved rounds, {rj['concept']}** ({rj['model']}, seed {rj['seed']}, commit {rj['commit']}, "
+                f"{rj['wall_s'] / 60:.1f} min; {rj['rounds']} rounds of {rj['n']} noisy examples, safety finetuning "
+                f"{rj['t']} steps, FF's signal {rj['signal']})", "",
+                "| after | pipeline | trained on | " + " | ".join(METRICS[m][2] for m in metrics) + " |",
+                "|---|---|---|" + "---|" * len(metrics)]
+        for q in rj["points"]:
+            out.append(f"| {q['step']} | {q['pipeline']} | {q.get('n_train', '')} | "
+                       + " | ".join(fmt(q[m], 1 if m in ("squad_f1", "compliance") else 3) for m in metrics) + " |")
+        out.append("\nFF's filter per round: " + "; ".join(
+            f"round {f['round']}: {f['flagged']} of {f['n']} flagged, {f['flagged_unsafe']} of {f['unsafe']} unsafe"
+            for f in rj["filters"]) + ".\n")
+    size = Path(results) / "size/size.json"
+    if size.is_file():
+        out += ["**Model size** (gap: mean forgetting of unsafe minus the rest's at the filter's t)", "",
+                "| model | parameters | signal | AUROC | gap | run (commit) |", "|---|---|---|---|---|---|"]
+        out += [f"| {q['model']} | {q['params'] / 1e6:.0f}M | {q['signal']} | {q['auroc']:.3f} | {q['gap']:.3f} | "
+                f"{q['name']} ({q['commit']}) |" for q in read_json(size)]
+        out.append("")
+    return "\n".join(out) + "\n" if out else "No run of the paper's figures yet.\n"
+
+
 def provenance(settings, results):
     """One line per run the tables read: name, seed and the commit whose code produced it."""
     names = [f"{r['summary'].get('name', c)} (seed {r['seed']}, commit {r['summary'].get('commit', 'not recorded')})"
@@ -419,7 +467,7 @@ def main():
         if missing else ""
     blocks = dict(table1=head + cut + render_table1(t1),
                   table2=head + render_table2(t2, claims, [("toxicity", "bias", "mixed"), ("harmfulness",)]),
-                  claims=head + render_claims(rows), signals=signals)
+                  claims=head + render_claims(rows), signals=signals, figures=render_figures(results))
     write_json(results / "table1.json", t1)
     write_json(results / "table2.json", dict(cells=t2, claims=claims, paper_claims=rows, rounds=rounds,
                                              signals=dict(nll_better=nll_wins, runs=n_runs)))

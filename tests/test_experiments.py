@@ -163,7 +163,8 @@ def test_run_figure_from_a_hand_made_folder(tmp_path, labelled, control):
 def test_experiment_figures_from_hand_made_outputs(tmp_path):
     rows = fake_rows(30)
     kinds = ["unsafe", "safe", "task"]
-    sig = lambda: dict(auroc=0.7, ap=0.6, precision=50.0, recall=40.0, f1=44.4)  # noqa: E731
+    sig = lambda: dict(auroc=0.7, ap=0.6, precision=50.0, recall=40.0, f1=44.4, gap=0.2,  # noqa: E731
+                       mean_by_kind=dict(unsafe=0.3, safe=0.1, task=0.1))
     sweep = {s: ablate.phi_sweep(rows, s, "5", 0.1, 5, kinds) for s in ("rouge", "nll")}
     x = [r["forget_rouge"]["5"] for r in rows]
     assert next(p for p in sweep["rouge"]["points"] if p["phi"] == 0.1)["f1"] == at_threshold(rows, x, 0.1, kinds)["f1"]
@@ -180,3 +181,18 @@ def test_experiment_figures_from_hand_made_outputs(tmp_path):
     assert figures.rounds_figure(rj, tmp_path / "rounds.png").stat().st_size > 1000
     size = [dict(concept="toxicity", signal=s, params=p, auroc=0.6, gap=0.1) for s in ("rouge", "nll") for p in (1e6, 1e8)]
     assert figures.size_figure(size, tmp_path / "size.png").stat().st_size > 1000
+    # README's block of the figures' numbers, from the same outputs saved where run.sh saves them
+    res = tmp_path / "results"
+    ab |= dict(commit="abc1234", wall_s=90.0, thresholds=dict(rouge=0.1, nll=0.5))
+    rj |= dict(commit="abc1234", wall_s=60.0, rounds=1, n=12, t=5, signal="rouge",
+               filters=[dict(round=1, n=12, kept=9, flagged=3, flagged_unsafe=2, unsafe=6)])
+    for path, obj in ((res / "toxicity/ablations.json", ab), (res / "rounds/toxicity/rounds.json", rj),
+                      (res / "size/size.json", [dict(p, model="tiny", name="size/toxicity-tiny", commit="abc1234")
+                                                for p in size])):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(obj))
+    block = tables.render_figures(res)
+    assert "| t = 5 | 0.700 | 44.4 | 0.200 | 0.700 | 44.4 | 0.200 |" in block and "1.5 min" in block
+    assert "| FF r1 | ff |  | 0.150 | 41.0 |" in block and "round 1: 3 of 12 flagged, 2 of 6 unsafe" in block
+    assert block.count("| tiny | 1M |") == 2 and block.count("| tiny | 100M |") == 2
+    assert tables.render_figures(tmp_path / "nothing") == "No run of the paper's figures yet.\n"

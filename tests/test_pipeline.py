@@ -128,6 +128,12 @@ def test_readme_tables_equal_committed_summary():
         assert json.loads((ROOT / "results" / concept / "summary.json").read_text()) == s
 
 
+def test_readme_figures_block_equals_committed_figure_json():
+    import tables
+    block = tables.render_figures(ROOT / "results")
+    assert "<!-- results:figures:begin -->\n" + block + "<!-- results:figures:end -->" in (ROOT / "README.md").read_text()
+
+
 def test_readme_bench_table_equals_committed_bench():
     import bench
     b = ROOT / "results" / "bench.json"

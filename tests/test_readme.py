@@ -2,7 +2,8 @@
 
 Every decimal number in README.md outside the generated blocks (between `<!-- results:<name>:begin -->` and
 `<!-- results:<name>:end -->`, which test_pipeline.py checks) and outside fenced code must be a value of
-results/*/summary.json, results/bench.json or results/cost.json, rounded to the decimals shown, or one of the few constants in ALLOWED.
+results/*/summary.json, results/bench.json, results/cost.json or the figures' JSON (ablations, rounds, size),
+rounded to the decimals shown, or one of the few constants in ALLOWED.
 Derived forms count too: a fraction as a percentage (x100), seconds as minutes (/60), the absolute value. A number
 followed by "min"/"minutes" must come from a time, one followed by "GiB" from a memory figure.
 """
@@ -49,6 +50,8 @@ def committed_values(root=ROOT):
     """Candidate values by unit: 'any' (every value and its derived forms), 'min' (times), 'GiB' (memory)."""
     files = sorted((root / "results").glob("*/summary.json")) + [root / "results" / "bench.json",
                                                                    root / "results" / "cost.json"]
+    files += sorted((root / "results").glob("*/ablations.json")) + sorted((root / "results").glob("*/*/rounds.json"))
+    files += [root / "results" / "size" / "size.json"]
     pools = {"any": set(), "min": set(), "GiB": set()}
     for f in files:
         if not f.is_file():
