@@ -148,6 +148,12 @@ def results_figures(folder, s):
 # ---------------------------------------------------------------------------------------------------------------
 # The experiments of the paper's figures.
 
+def domain_label(concept, domain):
+    """What ablate.py's safe-set domains hold (ablate.other_domain), for the figure and README."""
+    other = "AdvBench refusals" if concept in ("toxicity", "mixed") else "non-toxic C4 sentences"
+    return {"task": "task: Alpaca answers", "other": f"other: {other}"}.get(domain, domain)
+
+
 def ablation_figure(ab, path):
     """ablate.py's output: filter F1 and AUROC of both signals against t, phi, the safe set's size and its domain;
     per domain, the mean forgetting of each kind (does it spread over every kind, or stay on the unsafe ones?)."""
@@ -173,7 +179,7 @@ def ablation_figure(ab, path):
         ax.set_xlabel(f"phi ({sig}), t = {ab['filter_t']}")
         ax.set_ylabel("%")
         ax.legend(fontsize=7)
-    names = [f"{d['domain']}\n(n = {d['n']})" for d in ab["domain"]]
+    names = [f"{domain_label(ab['concept'], d['domain'])}\n(n = {d['n']})" for d in ab["domain"]]
     ax = axes[4]
     for k, sig in enumerate(("rouge", "nll")):
         ax.bar([i + 0.4 * k for i in range(len(names))], [d[sig]["auroc"] for d in ab["domain"]], width=0.4,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from common import UserError, main_guard, opt, parse_config, read_json, read_jsonl, write_json, write_text
 from eval import auroc, bbq_metrics, bootstrap, mean
+from figures import domain_label
 from report import fmt, update_readme
 
 CONCEPTS = ("toxicity", "bias", "mixed", "harmfulness")
@@ -401,7 +402,7 @@ def render_figures(results):
                 "| variant | ROUGE AUROC | ROUGE F1 | ROUGE gap | NLL AUROC | NLL F1 | NLL gap |",
                 "|---|---|---|---|---|---|---|"]
         variants = [(f"t = {q['x']}", q) for q in ab["t"]] + [(f"&#124;D_safe&#124; = {q['x']}", q) for q in ab["size"]]
-        variants += [(f"D_safe from {q['domain']} (n {q['n']})", q) for q in ab["domain"]]
+        variants += [(f"D_safe from {domain_label(ab['concept'], q['domain'])} (n {q['n']})", q) for q in ab["domain"]]
         for name, q in variants:
             out.append(f"| {name} | " + " | ".join(f"{q[sig]['auroc']:.3f} | {q[sig]['f1']:.1f} | {q[sig]['gap']:.3f}"
                                                     for sig in ("rouge", "nll")) + " |")
