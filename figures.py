@@ -213,7 +213,8 @@ def rounds_figure(rj, path):
     metrics = [m for m in ("toxicity", "s_amb", "compliance", "squad_f1") if m in rj["points"][0]]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False)
     for ax, m in zip(axes[0], metrics):
-        for pipe, style in (("sequential", "o-"), ("ff", "s-")):  # x: the sequential step each point follows
+        pipes = list(dict.fromkeys(p["pipeline"] for p in rj["points"] if p["pipeline"] != "start"))
+        for pipe, style in zip(pipes, ("o-", "s-", "^-", "v-")):  # x: the sequential step each point follows
             pts = [p for p in rj["points"] if p["pipeline"] in (pipe, "start")]
             ax.plot([p["x"] for p in pts], [float("nan") if p[m] is None else p[m] for p in pts], style, label=pipe)
         ticks = [p for p in rj["points"] if p["pipeline"] in ("sequential", "start")]
@@ -222,8 +223,8 @@ def rounds_figure(rj, path):
         ax.set_ylabel(m)
         ax.set_title(m, fontsize=9)
         ax.legend(fontsize=7)
-    fig.suptitle(f"interleaved rounds: {rj['concept']}, {rj['model']}, seed {rj['seed']} (FF: rounds' noisy "
-                 "draws filtered; x: after each finetuning)", fontsize=9)
+    fig.suptitle(f"interleaved rounds: {rj['concept']}, {rj['model']}, seed {rj['seed']} (FF, FF-nll: each round's "
+                 "noisy draw filtered by the ROUGE, NLL signal; x: after each finetuning)", fontsize=9)
     return save(fig, path)
 
 

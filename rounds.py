@@ -3,7 +3,8 @@ the next noisy finetuning? Two pipelines from M0, round after round, each round 
 
   sequential  round k: finetune on noisy draw k, evaluate; a short safety finetuning (t = max --safety-steps), evaluate
   FF          round k: ForgetFilter on noisy draw k (M1 = the current model + draw k, M2 = M1 + D_safe, forgetting,
-              the filter), then finetune the current model on what is kept, evaluate; no safety finetuning
+              the filter), then finetune the current model on what is kept, evaluate; no safety finetuning. One FF
+              pipeline per --signals: FF (the first, the paper's ROUGE) and FF-nll, as ff.py names them
 
     python rounds.py --concept toxicity --rounds 2 --phi 0.1 --phi-nll 0.5   # what `bash run.sh rounds` does
 
@@ -41,7 +42,6 @@ class Config(ff.Config):
     n_eval: int = opt(100, "items per evaluation set")
     source: str = opt("offline", "training data: offline (data/) or hub (the paper's, through datasets), as data.py")
     hub_files: str = opt("", "with --source hub: local copies of the hub's rows, as data.py --hub-files")
-    signal: str = opt("rouge", "the filter's signal in the FF pipeline: rouge (the paper's) or nll")
     max_new_tokens: int = opt(32, "generation cap of the evaluation")
     scorer: str = opt("auto", "toxicity scorer, as eval.py --scorer")
     name: str = opt("", "results folder under --results (default: rounds/<concept>)")
@@ -74,8 +74,6 @@ def check(cfg):
         raise UserError(f"--rounds {cfg.rounds}: run at least one round")
     if cfg.source not in ("offline", "hub"):
         raise UserError(f"--source {cfg.source!r}: choose offline (the files in data/) or hub (downloads)")
-    if cfg.signal not in ("rouge", "nll"):
-        raise UserError(f"--signal {cfg.signal!r}: choose rouge or nll")
 
 
 def main():
@@ -116,7 +114,7 @@ def main():
         stage(run, name, name, key, compute, needs=[f"ckpt/{name}"])
         return dict(name=name, key=digest(key))
 
-    def forget(name, m1, noisy):
+    def forget(name, m1, noisy, sig):
         """The filter on one draw: s0 = s(M1, x), M2 = M1 + D_safe for max t steps scored at each t, forgetting, the
         flags at the run's thresholds; returns the kept examples and the rows."""
         def compute():
@@ -131,8 +129,8 @@ def main():
         rows = ff.forgetting_rows(noisy, {ex["id"]: None for ex in noisy}, v["s_m1"], v["s_t"], {},
                                   [str(t) for t in ts])
         phis = ff.resolve_thresholds(cfg, rows, filter_t)
-        ff.flag_rows(rows, phis, [cfg.signal], filter_t)
-        return [ex for ex, r in zip(noisy, rows) if not r["flagged"][cfg.signal]], rows, phis
+        ff.flag_rows(rows, phis, [sig], filter_t)
+        return [ex for ex, r in zip(noisy, rows) if not r["flagged"][sig]], rows, phis
 
     points, eval_rows = [], []
 
@@ -156,19 +154,23 @@ def main():
         measure(f"seq r{k} noisy", "sequential", 2 * k - 1, noisy_ckpt, n_train=len(noisy))
         prev = finetune(f"seq_r{k}_safety", noisy_ckpt, safety, safety_steps=ts[-1])
         measure(f"seq r{k} safety", "sequential", 2 * k, prev, n_train=len(safety))
-    prev, filters = None, []
-    for k, noisy in enumerate(draws, 1):  # FF: filter each draw, finetune on what is kept
-        # round 1's M1 (M0 + draw 1) is the sequential pipeline's first model: the stage is found done
-        m1 = finetune("seq_r1_noisy", None, noisy) if k == 1 else finetune(f"ff_r{k}_m1", prev, noisy)
-        kept, rows, phis = forget(f"ff_r{k}_forget", m1, noisy)
-        flagged_unsafe = sum(r["flagged"][cfg.signal] and r["kind"] == "unsafe" for r in rows)
-        filters.append(dict(round=k, thresholds=phis, n=len(noisy), kept=len(kept), flagged=len(noisy) - len(kept),
-                            flagged_unsafe=flagged_unsafe, unsafe=sum(r["kind"] == "unsafe" for r in rows)))
-        prev = finetune(f"ff_r{k}", prev, kept)
-        measure(f"FF r{k}", "ff", 2 * k - 1, prev, n_train=len(kept))
+    filters = []
+    for i, sig in enumerate(cfg.signals):  # FF: filter each draw, finetune on what is kept; one pipeline per signal
+        label, prefix, prev = ("FF", "ff", None) if i == 0 else (f"FF-{sig}", f"ff_{sig}", None)
+        for k, noisy in enumerate(draws, 1):
+            # round 1's M1 (M0 + draw 1) is the sequential pipeline's first model, and its scores are the same for
+            # every signal: both stages are found done
+            m1 = finetune("seq_r1_noisy", None, noisy) if k == 1 else finetune(f"{prefix}_r{k}_m1", prev, noisy)
+            kept, rows, phis = forget("ff_r1_forget" if k == 1 else f"{prefix}_r{k}_forget", m1, noisy, sig)
+            flagged_unsafe = sum(r["flagged"][sig] and r["kind"] == "unsafe" for r in rows)
+            filters.append(dict(pipeline=label.lower(), signal=sig, round=k, threshold=phis[sig], n=len(noisy),
+                                kept=len(kept), flagged=len(noisy) - len(kept), flagged_unsafe=flagged_unsafe,
+                                unsafe=sum(r["kind"] == "unsafe" for r in rows)))
+            prev = finetune(f"{prefix}_r{k}", prev, kept)
+            measure(f"{label} r{k}", label.lower(), 2 * k - 1, prev, n_train=len(kept))
 
     out = dict(concept=cfg.concept, model=cfg.model, seed=cfg.seed, source=cfg.source, rounds=cfg.rounds, n=len(draws[0]),
-               signal=cfg.signal, t=ts[-1], filter_t=filter_t, scorer=scorer_name, commit=git_commit(),
+               signals=cfg.signals, t=ts[-1], filter_t=filter_t, scorer=scorer_name, commit=git_commit(),
                wall_s=round(time.time() - t0, 1), points=points, filters=filters)
     write_json(run / "rounds.json", out)
     rounds_figure(out, run / "rounds.png")

@@ -354,8 +354,9 @@ def rounds_claims(results, reps):
                 v.sort(key=lambda r: r["id"])
         runs = [dict(rows=rows)]
         for m in SAFETY[rj["concept"]]:
+            ffs = list(dict.fromkeys(p["step"].rsplit(" ", 1)[0] for p in rj["points"] if p["pipeline"].startswith("ff")))
             for k in range(1, rj["rounds"] + 1):
-                tests = [(f"FF r{k}", f"seq r{k} noisy", -1, "FF below the sequential model")]
+                tests = [(f"{f} r{k}", f"seq r{k} noisy", -1, f"{f} below the sequential model") for f in ffs]
                 if k > 1:
                     tests.insert(0, (f"seq r{k} noisy", f"seq r{k - 1} safety", +1, "unsafe behaviour comes back"))
                 for a, b, direction, what in tests:
@@ -419,14 +420,15 @@ def render_figures(results):
         metrics = [m for m in ("toxicity", "s_amb", "compliance", "squad_f1") if m in rj["points"][0]]
         out += [f"**Interleaved rounds, {rj['concept']}** ({rj['model']}, seed {rj['seed']}, commit {rj['commit']}, "
                 f"{rj['wall_s'] / 60:.1f} min; {rj['rounds']} rounds of {rj['n']} noisy examples, safety finetuning "
-                f"{rj['t']} steps, FF's signal {rj['signal']})", "",
+                f"{rj['t']} steps; FF filters with the {' signal, FF-'.join(rj['signals'])} signal)", "",
                 "| after | pipeline | trained on | " + " | ".join(METRICS[m][2] for m in metrics) + " |",
                 "|---|---|---|" + "---|" * len(metrics)]
         for q in rj["points"]:
             out.append(f"| {q['step']} | {q['pipeline']} | {q.get('n_train', '')} | "
                        + " | ".join(fmt(q[m], 1 if m in ("squad_f1", "compliance") else 3) for m in metrics) + " |")
-        out.append("\nFF's filter per round: " + "; ".join(
-            f"round {f['round']}: {f['flagged']} of {f['n']} flagged, {f['flagged_unsafe']} of {f['unsafe']} unsafe"
+        out.append("\nThe filters: " + "; ".join(
+            f"FF{f['pipeline'][2:]} round {f['round']} ({f['signal']} > {f['threshold']:g}): "
+            f"{f['flagged']} of {f['n']} flagged, {f['flagged_unsafe']} of {f['unsafe']} unsafe"
             for f in rj["filters"]) + ".\n")
     size = Path(results) / "size/size.json"
     if size.is_file():

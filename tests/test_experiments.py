@@ -103,14 +103,18 @@ def test_rounds_run_both_pipelines(tiny_dir, tmp_path):
            "--name", "rounds/toxicity", *TINY)
     rj = read(run / "rounds.json")
     assert [p["step"] for p in rj["points"]] == ["M0", "seq r1 noisy", "seq r1 safety", "seq r2 noisy",
-                                                 "seq r2 safety", "FF r1", "FF r2"]
+                                                 "seq r2 safety", "FF r1", "FF r2", "FF-nll r1", "FF-nll r2"]
     assert all({"toxicity", "squad_f1"} <= set(p) for p in rj["points"])
-    assert [f["n"] for f in rj["filters"]] == [12, 12] and all(f["kept"] + f["flagged"] == 12 for f in rj["filters"])
-    assert [p["n_train"] for p in rj["points"] if p["pipeline"] == "ff"] == [f["kept"] for f in rj["filters"]]
+    assert [(f["pipeline"], f["signal"], f["n"]) for f in rj["filters"]] == [("ff", "rouge", 12)] * 2 + [
+        ("ff-nll", "nll", 12)] * 2 and all(f["kept"] + f["flagged"] == 12 for f in rj["filters"])
+    assert [p["n_train"] for p in rj["points"] if p["pipeline"].startswith("ff")] == [f["kept"] for f in rj["filters"]]
+    stages = {p.stem for p in (run / "stages").glob("*.json")}  # round 1's scores serve both signals' filters
+    assert "ff_r1_forget" in stages and "ff_nll_r1_forget" not in stages and "ff_nll_r2_forget" in stages
     assert (res / "rounds/toxicity/rounds.png").stat().st_size > 1000
     claims = tables.rounds_claims(res, reps=20)
-    assert [(c["a"], c["b"]) for c in claims] == [("FF r1", "seq r1 noisy"), ("seq r2 noisy", "seq r1 safety"),
-                                                  ("FF r2", "seq r2 noisy")]
+    assert [(c["a"], c["b"]) for c in claims] == [("FF r1", "seq r1 noisy"), ("FF-nll r1", "seq r1 noisy"),
+                                                  ("seq r2 noisy", "seq r1 safety"), ("FF r2", "seq r2 noisy"),
+                                                  ("FF-nll r2", "seq r2 noisy")]
     assert all(c["verdict"] in ("holds", "does not hold", "cannot tell") for c in claims)
 
 
@@ -184,8 +188,9 @@ def test_experiment_figures_from_hand_made_outputs(tmp_path):
     # README's block of the figures' numbers, from the same outputs saved where run.sh saves them
     res = tmp_path / "results"
     ab |= dict(commit="abc1234", wall_s=90.0, thresholds=dict(rouge=0.1, nll=0.5))
-    rj |= dict(commit="abc1234", wall_s=60.0, rounds=1, n=12, t=5, signal="rouge",
-               filters=[dict(round=1, n=12, kept=9, flagged=3, flagged_unsafe=2, unsafe=6)])
+    rj |= dict(commit="abc1234", wall_s=60.0, rounds=1, n=12, t=5, signals=["rouge"],
+               filters=[dict(pipeline="ff", signal="rouge", threshold=0.1, round=1, n=12, kept=9, flagged=3,
+                             flagged_unsafe=2, unsafe=6)])
     for path, obj in ((res / "toxicity/ablations.json", ab), (res / "rounds/toxicity/rounds.json", rj),
                       (res / "size/size.json", [dict(p, model="tiny", name="size/toxicity-tiny", commit="abc1234")
                                                 for p in size])):
@@ -193,6 +198,6 @@ def test_experiment_figures_from_hand_made_outputs(tmp_path):
         path.write_text(json.dumps(obj))
     block = tables.render_figures(res)
     assert "| t = 5 | 0.700 | 44.4 | 0.200 | 0.700 | 44.4 | 0.200 |" in block and "1.5 min" in block
-    assert "| FF r1 | ff |  | 0.150 | 41.0 |" in block and "round 1: 3 of 12 flagged, 2 of 6 unsafe" in block
+    assert "| FF r1 | ff |  | 0.150 | 41.0 |" in block and "FF round 1 (rouge > 0.1): 3 of 12 flagged, 2 of 6 unsafe" in block
     assert block.count("| tiny | 1M |") == 2 and block.count("| tiny | 100M |") == 2
     assert tables.render_figures(tmp_path / "nothing") == "No run of the paper's figures yet.\n"
