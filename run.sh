@@ -13,7 +13,7 @@
 #     bash run.sh ablations            # the paper's Fig 8: the filter against t, phi, |D_safe| and its domain, on
 #                                      # toxicity and harmfulness (CPU ~15 min each; their M1 and scores first when
 #                                      # runs/ lacks them, ~10 min each)
-#     bash run.sh rounds               # the paper's Fig 5: 2 interleaved rounds, sequential safety vs FF (CPU ~40 min)
+#     bash run.sh rounds               # the paper's Fig 5: 2 interleaved rounds, sequential safety vs FF (CPU ~35 min)
 #     bash run.sh size                 # the forgetting gap against model size; on CPU only the embedded 135M point
 #                                      # (the toxicity run's, else ~20 min); on a GPU SmolLM2 135M/360M/1.7B and
 #                                      # GPT-2 M/L/XL from the hub
