@@ -403,7 +403,7 @@ def render_figures(results):
                 "| variant | ROUGE AUROC | ROUGE F1 | ROUGE gap | NLL AUROC | NLL F1 | NLL gap |",
                 "|---|---|---|---|---|---|---|"]
         variants = [(f"t = {q['x']}", q) for q in ab["t"]] + [(f"&#124;D_safe&#124; = {q['x']}", q) for q in ab["size"]]
-        variants += [(f"D_safe from {domain_label(ab['concept'], q['domain'])} (n {q['n']})", q) for q in ab["domain"]]
+        variants += [(f"D_safe from {domain_label(ab['concept'], q['domain'])}, n {q['n']}", q) for q in ab["domain"]]
         for name, q in variants:
             out.append(f"| {name} | " + " | ".join(f"{q[sig]['auroc']:.3f} | {q[sig]['f1']:.1f} | {q[sig]['gap']:.3f}"
                                                     for sig in ("rouge", "nll")) + " |")
@@ -420,7 +420,8 @@ def render_figures(results):
         metrics = [m for m in ("toxicity", "s_amb", "compliance", "squad_f1") if m in rj["points"][0]]
         out += [f"**Interleaved rounds, {rj['concept']}** ({rj['model']}, seed {rj['seed']}, commit {rj['commit']}, "
                 f"{rj['wall_s'] / 60:.1f} min; {rj['rounds']} rounds of {rj['n']} noisy examples, safety finetuning "
-                f"{rj['t']} steps; FF filters with the {' signal, FF-'.join(rj['signals'])} signal)", "",
+                f"{rj['t']} steps; the filters' signals: " + ", ".join(
+                    f"FF{'' if i == 0 else '-' + sig} {sig}" for i, sig in enumerate(rj["signals"])) + ")", "",
                 "| after | pipeline | trained on | " + " | ".join(METRICS[m][2] for m in metrics) + " |",
                 "|---|---|---|" + "---|" * len(metrics)]
         for q in rj["points"]:
