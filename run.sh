@@ -7,7 +7,9 @@
 #     bash run.sh paper                # everything the paper's tables and figures need (CPU ~7 h): the four
 #                                      # settings, seeds 1 and 2 of toxicity and harmfulness, the filter at 25 / 75 %
 #                                      # unsafe for toxicity, bias and harmfulness, ablations, rounds, size, tables
-#     bash run.sh seeds                # part of paper: seeds 1 and 2 of toxicity and harmfulness (CPU ~1.8 h)
+#     bash run.sh seeds                # part of paper: seeds 1 and 2 of toxicity and harmfulness (CPU ~1.8 h; on
+#                                      # a GPU of all four settings)
+#     bash run.sh seeds/bias-s1        # one setting at one more seed (any of the four, any seed)
 #     bash run.sh ratios               # part of paper: the filter at 25 / 75 % unsafe, no FF (CPU ~1 h)
 #     bash run.sh tables               # Tables 1 and 2, the claims and every figure again, from results/ only
 #     bash run.sh ablations            # the paper's Fig 8: the filter against t, phi, |D_safe| and its domain, on
@@ -32,8 +34,11 @@ TARGETS=("$@")
 [[ ${#TARGETS[@]} -gt 0 ]] || TARGETS=(toxicity bias harmfulness mixed)
 for t in "${TARGETS[@]}"; do  # check every name before hours of work start
   case $t in toxicity|bias|harmfulness|mixed|paper|seeds|ratios|tables|ablations|rounds|size|smoke) ;;
+    seeds/toxicity-s[0-9]*|seeds/bias-s[0-9]*|seeds/harmfulness-s[0-9]*|seeds/mixed-s[0-9]*)
+      [[ ${t##*-s} =~ ^[0-9]+$ ]] || { echo "error: target '$t': the seed after -s must be a number" >&2; exit 2; } ;;
     *) echo "error: unknown target '$t'; choose from toxicity, bias, harmfulness, mixed, paper, seeds, ratios," \
-            "tables, ablations, rounds, size, smoke (bash run.sh --help says what each does)" >&2; exit 2 ;;
+            "tables, ablations, rounds, size, smoke or seeds/<concept>-s<seed> (bash run.sh --help says what each" \
+            "does)" >&2; exit 2 ;;
   esac
 done
 bash setup.sh                      # 0) .venv with the pinned packages; does nothing the second time
@@ -55,6 +60,7 @@ if $PY -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
     echo "run.sh: the hub does not answer: the GPU preset reads the offline data in data/ (DEVIATIONS.md)" >&2
   fi
   ABLATION_CONCEPTS=(toxicity bias harmfulness mixed) ROUND_CONCEPTS=(toxicity bias) ROUNDS=3 ROUND_N=333
+  SEED_CONCEPTS=(toxicity bias harmfulness mixed)
   SIZE_MODELS=(HuggingFaceTB/SmolLM2-135M-Instruct HuggingFaceTB/SmolLM2-360M-Instruct
                HuggingFaceTB/SmolLM2-1.7B-Instruct gpt2-medium gpt2-large gpt2-xl)
 else
@@ -64,6 +70,7 @@ else
   FF_ARGS=()
   EVAL_ARGS=()
   ABLATION_CONCEPTS=(toxicity harmfulness) ROUND_CONCEPTS=(toxicity) ROUNDS=2 ROUND_N=160
+  SEED_CONCEPTS=(toxicity harmfulness)  # bias and mixed take 35-40 min a seed: one at a time, seeds/bias-s1
   SIZE_MODELS=(smollm2-135m)  # the embedded model: the other sizes need the hub and a GPU
 fi
 EXTRA_FF=()
@@ -98,7 +105,8 @@ setting() {
 for t in "${TARGETS[@]}"; do
   case $t in
     paper) bash "$0" toxicity bias harmfulness mixed seeds ratios ablations rounds size tables ;;
-    seeds) for c in toxicity harmfulness; do for s in 1 2; do setting "seeds/$c-s$s" "$c" full "$s" 0.5; done; done ;;
+    seeds) for c in "${SEED_CONCEPTS[@]}"; do for s in 1 2; do setting "seeds/$c-s$s" "$c" full "$s" 0.5; done; done ;;
+    seeds/*) c=${t#seeds/}; setting "$t" "${c%-s*}" full "${t##*-s}" 0.5 ;;
     ratios)
       for c in toxicity harmfulness bias; do  # the cheapest first
         setting "ratios/$c-r25" "$c" filter 0 0.25
