@@ -9,7 +9,7 @@
 #                                      # unsafe for toxicity, bias and harmfulness, ablations, rounds, size, tables
 #     bash run.sh seeds                # part of paper: seeds 1 and 2 of toxicity and harmfulness (CPU ~1.8 h; on
 #                                      # a GPU of all four settings)
-#     bash run.sh seeds/bias-s1        # one setting at one more seed (any of the four, any seed)
+#     bash run.sh seeds/bias-s1        # seeds/<concept>-s<seed>: one setting at one more seed (CPU: 35-40 min)
 #     bash run.sh ratios               # part of paper: the filter at 25 / 75 % unsafe, no FF (CPU ~1 h)
 #     bash run.sh tables               # Tables 1 and 2, the claims and every figure again, from results/ only
 #     bash run.sh ablations            # the paper's Fig 8: the filter against t, phi, |D_safe| and its domain, on

@@ -201,3 +201,14 @@ def test_experiment_figures_from_hand_made_outputs(tmp_path):
     assert "| FF r1 | ff |  | 0.150 | 41.0 |" in block and "FF round 1 (rouge > 0.1): 3 of 12 flagged, 2 of 6 unsafe" in block
     assert block.count("| tiny | 1M |") == 2 and block.count("| tiny | 100M |") == 2
     assert tables.render_figures(tmp_path / "nothing") == "No run of the paper's figures yet.\n"
+
+
+@pytest.mark.parametrize("target", ["nosuch", "seeds/bias-sx", "seeds/nosuch-s1"])
+def test_run_sh_refuses_an_unknown_target_before_any_work(target, tmp_path):
+    import subprocess
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.run(["bash", str(root / "run.sh"), "toxicity", target], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and target in p.stderr and p.stderr.count("\n") == 1
+    assert "seeds/<concept>-s<seed>" in subprocess.run(["bash", str(root / "run.sh"), "--help"], capture_output=True,
+                                                       text=True, timeout=60).stdout
