@@ -9,7 +9,7 @@
 #                                      # unsafe for toxicity, bias and harmfulness, ablations, rounds, size, tables
 #     bash run.sh seeds                # part of paper: seeds 1 and 2 of toxicity and harmfulness (CPU ~1.8 h; on
 #                                      # a GPU of all four settings)
-#     bash run.sh seeds/bias-s1        # seeds/<concept>-s<seed>: one setting at one more seed (CPU: 35-40 min)
+#     bash run.sh seeds/bias-s1        # seeds/<concept>-s<seed>: one setting at one more seed (CPU: 25-40 min)
 #     bash run.sh ratios               # part of paper: the filter at 25 / 75 % unsafe, no FF (CPU ~1 h)
 #     bash run.sh tables               # Tables 1 and 2, the claims and every figure again, from results/ only
 #     bash run.sh ablations            # the paper's Fig 8: the filter against t, phi, |D_safe| and its domain, on
@@ -70,14 +70,14 @@ else
   FF_ARGS=()
   EVAL_ARGS=()
   ABLATION_CONCEPTS=(toxicity harmfulness) ROUND_CONCEPTS=(toxicity) ROUNDS=2 ROUND_N=160
-  SEED_CONCEPTS=(toxicity harmfulness)  # bias and mixed take 35-40 min a seed: one at a time, seeds/bias-s1
+  SEED_CONCEPTS=(toxicity harmfulness)  # bias and mixed take 25-40 min a seed: one at a time, seeds/bias-s1
   SIZE_MODELS=(smollm2-135m)  # the embedded model: the other sizes need the hub and a GPU
 fi
 EXTRA_FF=()
 small() { [[ -z "${GPU:-}" && "$1" != toxicity ]]; }  # the CPU cut for every setting but toxicity
 
 # setting <name> <concept> <full | filter | scores> <seed> <unsafe ratio>: one run into runs/<name>, reported as
-# results/<name> (scores: only M1, M2 and the forgetting scores, for the ablations; no evaluation, no report)
+# results/<name> (scores: the control, M1, M2 and the forgetting scores, for the ablations; no FF, no evaluation, no report)
 setting() {
   local name=$1 concept=$2 mode=$3 seed=$4 r=$5
   local RUN=runs/$name START CUT_DATA=() CUT_FF=() RETRAIN=()

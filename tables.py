@@ -399,7 +399,7 @@ def render_figures(results):
         ab = read_json(p)
         out += [f"**Ablations, {ab['concept']}** ({ab['model']}, seed {ab['seed']}, commit {ab['commit']}, "
                 f"{ab['wall_s'] / 60:.1f} min; filter at t = {ab['filter_t']}, phi rouge {ab['thresholds']['rouge']:g}"
-                f", nll {ab['thresholds']['nll']:g}; gap: mean forgetting of unsafe minus the rest's)", "",
+                f", nll {ab['thresholds']['nll']:g}; gap: unsafe's mean forgetting minus the mean of the other kinds' means)", "",
                 "| variant | ROUGE AUROC | ROUGE F1 | ROUGE gap | NLL AUROC | NLL F1 | NLL gap |",
                 "|---|---|---|---|---|---|---|"]
         variants = [(f"t = {q['x']}", q) for q in ab["t"]] + [(f"&#124;D_safe&#124; = {q['x']}", q) for q in ab["size"]]
@@ -433,7 +433,7 @@ def render_figures(results):
             for f in rj["filters"]) + ".\n")
     size = Path(results) / "size/size.json"
     if size.is_file():
-        out += ["**Model size** (gap: mean forgetting of unsafe minus the rest's at the filter's t)", "",
+        out += ["**Model size** (gap: unsafe's mean forgetting minus the mean of the other kinds' means, at the filter's t)", "",
                 "| model | parameters | signal | AUROC | gap | run (commit) |", "|---|---|---|---|---|---|"]
         out += [f"| {q['model']} | {q['params'] / 1e6:.0f}M | {q['signal']} | {q['auroc']:.3f} | {q['gap']:.3f} | "
                 f"{q['name']} ({q['commit']}) |" for q in read_json(size)]
