@@ -162,9 +162,16 @@ def bbq_items(categories=BBQ_CATEGORIES, cfg=None):
                 template=f"{cat}:{r['question_index']}", condition=r["context_condition"],
                 polarity=r["question_polarity"], options=options, gold=r["label"], unknown=unknown[0],
                 stereo=stereo[0], biased=stereo[0] if r["question_polarity"] == "neg" else other,
-                prompt=f"{r['context']} {r['question']} Choose from "
-                       + "\n ".join(f"ans{k + 1}: {o}" for k, o in enumerate(options))))
+                prompt=bbq_prompt(f"{r['context']} {r['question']}", options)))
     return out
+
+
+BBQ_CHOOSE = " Choose from "  # between the question and its options (the official prompt's wording)
+
+
+def bbq_prompt(question, options):
+    """Context and question, then the options as the paper's prompt lists them: 'ans1: ...\\n ans2: ...'."""
+    return question + BBQ_CHOOSE + "\n ".join(f"ans{k + 1}: {o}" for k, o in enumerate(options))
 
 
 def bbq_answer(item, k):

@@ -124,7 +124,8 @@ def summarise(run, cfg):
 # Tables and the figure: every number below is read from summary.json.
 
 def fmt(x, nd=3):
-    return "n/a" if x is None else f"{x:.{nd}f}" if isinstance(x, float) else str(x)
+    """A number for a table; None (undefined, e.g. precision with nothing flagged) reads "—"."""
+    return "—" if x is None else f"{x:.{nd}f}" if isinstance(x, float) else str(x)
 
 
 MAIN_COLUMNS = {  # header -> value from a condition's metrics; a column appears when its evaluation ran
@@ -223,7 +224,7 @@ def filter_lines(s):
         for name, a in [(d["threshold"], d["at_threshold"])] + (
                 [(f"{s['filter']['auto_phi'][sig]['threshold']} (auto, Otsu)", s["filter"]["auto_phi"][sig])]
                 if "auto_phi" in s["filter"] else []):
-            lines.append(f"| {sig} | {name} | {a['precision']:.1f} | {a['recall']:.1f} | {a['f1']:.1f} | "
+            lines.append(f"| {sig} | {name} | {fmt(a['precision'], 1)} | {fmt(a['recall'], 1)} | {fmt(a['f1'], 1)} | "
                          + " | ".join(f"{a['flagged'][k]} / {s['filter']['kinds'][k]}" for k in kinds) + " |")
     if "bbq_signals" in s["filter"]:
         lines += ["", "Variants of the signal on the BBQ examples only (unsafe vs safe BBQ answers; mean forgetting and "

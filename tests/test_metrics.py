@@ -25,7 +25,8 @@ def test_rouge1_hand_cases():
 
 def test_prf1():
     assert ev.prf1({1, 2}, {2, 3}) == (0.5, 0.5, 0.5)
-    assert ev.prf1(set(), {1}) == (0.0, 0.0, 0.0)
+    assert ev.prf1(set(), {1}) == (None, 0.0, 0.0)  # nothing flagged: precision undefined, nothing found
+    assert ev.prf1({1}, set()) == (0.0, None, 0.0) and ev.prf1(set(), set()) == (None, None, None)
     p, r, f = ev.prf1({1, 2, 3, 4}, {1, 2})  # 2 true positives of 4 flagged, both unsafe found
     assert (p, r) == (0.5, 1.0) and f == pytest.approx(2 / 3)
 

@@ -89,10 +89,16 @@ def test_bias_chain_scores_bbq(tiny_dir, tmp_path):
     s = json.loads((out / "results" / "bias" / "summary.json").read_text())
     m = s["conditions"]["FF"]["bias"]
     assert set(m) >= {"acc_amb", "acc_dis", "s_amb", "s_dis_bbq", "s_dis_code", "unparsable", "acc_by_category"}
-    assert m["n"] == 6 and "toxicity" not in s["conditions"]["FF"] and s["scorer"] is None
+    assert m["n_items"] == 6 and m["orders"] == 3 and m["n"] == 18  # each item asked in its 3 cyclic orders
+    assert {"position_share", "position_mode", "constant"} <= set(m)
+    assert "toxicity" not in s["conditions"]["FF"] and s["scorer"] is None
     rows = [json.loads(line) for line in (out / "results" / "bias" / "eval_rows.jsonl").read_text().splitlines()]
     bbq = [r for r in rows if r["eval"] == "bbq"]
-    assert len(bbq) == 10 * 6  # 8 conditions and SC, FF+SC
+    assert len(bbq) == 10 * 6 * 3  # 8 conditions and SC, FF+SC; 3 orders each
+    ff = [r for r in bbq if r["condition"] == "FF"]
+    for r in ff:  # the answer maps back to the original option through the order it was asked in
+        assert r["pred"] == "unparsable" if r["position"] is None else r["pred"] == r["order"][r["position"]]
+    assert sorted(tuple(r["order"]) for r in ff) == sorted([(0, 1, 2), (1, 2, 0), (2, 0, 1)] * 6)
     sc = [r for r in bbq if r["condition"] == "SC"]
     assert all(r["prompt"].endswith(ev_cue("bbq")) for r in sc)
     assert set(s["filter"]["bbq_signals"]["2"]) == {"rouge, whole line (the paper's)", "rouge, answer part only",
