@@ -56,11 +56,12 @@ def setting_tokens(concept, tok, cfg):
         sets = BUILDERS[concept](DataConfig(concept=concept, n=300, n_safety=200, n_eval=200))
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     noisy = sets["noisy"]
-    evals = [x for k, v in sets.items() if k.startswith("eval_") for x in v]
-    n_sets, per_set = sum(k.startswith("eval_") for k in sets), 200 if concept == "harmfulness" else 300
+    asked = {k: 3 if k == "eval_bbq" else 1 for k in sets if k.startswith("eval_")}  # BBQ: its 3 option orders
+    evals = [x for k in asked for x in sets[k] * asked[k]]
+    per_set = 200 if concept == "harmfulness" else 300
     return dict(  # the preset's sizes: N 1000 (int(N r) + 3 int(N (1 - r) / 3) = 998), run.sh's n_eval per set
-        n=998, n_safety=500, n_eval=per_set * n_sets,
-        n_eval_cue=per_set * sum(k in sets for k in ("eval_toxicity", "eval_bbq")),
+        n=998, n_safety=500, n_eval=per_set * sum(asked.values()),
+        n_eval_cue=per_set * sum(asked.get(k, 0) for k in ("eval_toxicity", "eval_bbq")),
         train=mean([len(encode(tok, ex, 256)[0]) for ex in noisy]),
         safety=mean([len(encode(tok, ex, 256)[0]) for ex in sets["safety"]]),
         prompt=mean([len(prompt_ids(tok, render(ex))) for ex in noisy]),

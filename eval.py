@@ -189,14 +189,27 @@ def filter_metrics(rows, phis, filter_t):
     return out
 
 
-def bootstrap(sizes, stat, reps=1000, seed=0, level=0.95):
+def bootstrap(sizes, stat, reps=1000, seed=0, level=0.95, seeds=False):
     """Percentile bootstrap: the central `level` interval of stat over `reps` resamples (seeded). sizes: the number of
-    items in each group (one group per seed, resampled apart, so that seeds never mix); stat gets one list of item
-    indices per group, drawn with replacement, and returns a number."""
+    items in each group (one group per seed). stat gets one (group, item indices drawn with replacement) pair per
+    group of the resample and returns a number, or None (or nan) where it is undefined. seeds=False keeps the groups
+    and resamples the items of each apart; seeds=True first draws the groups themselves with replacement, then the
+    items within each drawn group (DEVIATIONS.md: intervals over seeds and items). Returns dict(lo, hi, undefined):
+    undefined resamples are left out of the interval and counted; lo and hi are None when every one is."""
     rng = random.Random(seed)
-    vals = sorted(stat([[rng.randrange(n) for _ in range(n)] for n in sizes]) for _ in range(reps))
-    lo, hi = int((1 - level) / 2 * reps), math.ceil((1 + level) / 2 * reps) - 1
-    return vals[lo], vals[hi]
+    vals, undefined = [], 0
+    for _ in range(reps):
+        groups = [rng.randrange(len(sizes)) for _ in sizes] if seeds else range(len(sizes))
+        v = stat([(g, [rng.randrange(sizes[g]) for _ in range(sizes[g])]) for g in groups])
+        if v is None or v != v:
+            undefined += 1
+        else:
+            vals.append(v)
+    if not vals:
+        return dict(lo=None, hi=None, undefined=undefined)
+    vals.sort()
+    n = len(vals)
+    return dict(lo=vals[int((1 - level) / 2 * n)], hi=vals[math.ceil((1 + level) / 2 * n) - 1], undefined=undefined)
 
 
 def fit_warning(metrics):

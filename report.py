@@ -138,6 +138,8 @@ MAIN_COLUMNS = {  # header -> value from a condition's metrics; a column appears
     "BBQ acc ambig ↑": lambda m: fmt(m["bias"]["acc_amb"]),
     "BBQ acc disambig ↑": lambda m: fmt(m["bias"]["acc_dis"]),
     "s_AMB ↓": lambda m: fmt(m["bias"]["s_amb"]),
+    "s_AMB of a constant answer": lambda m: fmt(m["bias"]["constant"]["s_amb"]),  # at the most frequent slot
+    "BBQ answers on the top slot (%)": lambda m: fmt(m["bias"]["position_share"] and 100 * m["bias"]["position_share"], 1),
     "s_DIS BBQ ↓": lambda m: fmt(m["bias"]["s_dis_bbq"]),
     "s_DIS code ↓": lambda m: fmt(m["bias"]["s_dis_code"]),
     "BBQ unparsable": lambda m: f"{m['bias']['unparsable']} / {m['bias']['n']}",
@@ -183,6 +185,10 @@ def condition_lines(s):
         rel = [f"{k} {100 * (c[k]['toxicity'] / base - 1):+.0f} %" for k in c
                if (k.startswith("FF") or k in ("+SafetyFT", "SC")) and "toxicity" in c[k]]
         lines += ["", f"Toxicity relative to +Downstream (the paper: -75 % for FF on LLaMA-7B): {', '.join(rel)}."]
+    if any("position_share" in m.get("bias", {}) for m in c.values()):
+        lines += ["", "BBQ: every item asked in each cyclic order of its three options, answers pooled; beside s_AMB, "
+                      "the share of answers on the most frequent slot and the s_AMB of a constant answer at that slot "
+                      "(0 by construction): a model that answers by position scores near it."]
     if "SC" in c:
         lines += ["", "SC and FF+SC: +Downstream and FF with the paper's self-correction cue in the prompt (safety "
                       "sets only)."]

@@ -1,13 +1,14 @@
-"""The paper's tables across runs, from committed outputs only: Table 1 (the filter at 25 / 50 / 75 % unsafe), Table 2
-(every compared condition in every setting, seeds as mean +- sd), and each of the paper's claims with what we measured,
-a 95 % bootstrap interval and a verdict.
+"""The paper's tables across runs, from committed outputs only: Table 1 (the filter at 25 / 50 / 75 % unsafe, against
+its trivial floors), Table 2 (every compared condition in every setting, seeds as mean +- sd), each of the paper's
+claims with what we measured, a 95 % interval and a verdict, and the headline table (one line per claim).
 
-    python tables.py                 # reads results/, writes results/table1.{md,json}, table2.{md,json}, README blocks
+    python tables.py                 # reads results/, writes results/table1.*, table2.*, headline.md, README blocks
 
 Runs it reads (run.sh writes them): results/<concept>/ (seed 0, 50 % unsafe: the main run of each setting),
 results/seeds/<concept>-s<k>/ (seed k) and results/ratios/<concept>-r<pct>/ (the filter at pct % unsafe, no
-evaluation). A verdict "holds" only when the interval of the effect excludes no effect and every seed agrees on its
-sign; "does not hold" when the interval lies on the other side; otherwise "cannot tell".
+evaluation). The rules (DEVIATIONS.md, Compared conditions, seeds and verdicts): intervals resample seeds, then items
+within each seed; a claim "holds" when its whole interval lies on the claimed side of its bound, "does not hold" when
+the whole interval lies on the other side, "cannot tell" otherwise; undefined values stay undefined.
 """
 import statistics
 from dataclasses import dataclass
@@ -15,11 +16,14 @@ from pathlib import Path
 
 from common import UserError, main_guard, opt, parse_config, read_json, read_jsonl, write_json, write_text
 from eval import auroc, bbq_metrics, bootstrap, mean
+from ff import flag
 from figures import domain_label
 from report import fmt, update_readme
 
 CONCEPTS = ("toxicity", "bias", "mixed", "harmfulness")
 F1_MARGIN = 5.0  # "keeps downstream F1": FF's SQuAD F1 at most this many points below +Downstream's (DEVIATIONS.md)
+UNDEFINED_MAX = 0.05  # more undefined bootstrap resamples than this share: "cannot tell"
+ROOM = 0.05  # "less safe than M0" needs M0 further than this share of the metric's range from its worst value
 
 
 @dataclass
@@ -33,124 +37,217 @@ class Config:
 # Loading runs: one entry per seed, each with its summary and its per-item rows.
 
 STALE = []  # runs left out: made by code older than these tables (no commit recorded); `bash run.sh paper` redoes them
+ONE_ORDER = []  # runs whose BBQ items were asked in one order of their options: left out of every BBQ number
+
+
+def read_run(d):
+    """One run folder's summary and rows, or None (and the folder in STALE) when older code wrote it."""
+    if not (d / "summary.json").is_file():
+        return None
+    s = read_json(d / "summary.json")
+    if "commit" not in s:  # written before the compared conditions and the rows the intervals need existed
+        STALE.append(str(d))
+        return None
+    return dict(seed=s["seed"], dir=d, summary=s, forgetting=read_jsonl(d / "forgetting.jsonl", required=("id", "kind")))
 
 
 def load_setting(results, concept):
-    """Every seed of one setting at 50 % unsafe: [dict(seed, summary, rows by condition and set, forgetting rows)]."""
-    dirs = [results / concept] + sorted((results / "seeds").glob(f"{concept}-s*"))
+    """Every seed of one setting at 50 % unsafe: [dict(seed, summary, rows by condition and set, forgetting rows)].
+    Rows are sorted by id, so that every condition lists the same items in the same order (paired resampling); a BBQ
+    unit is one item with its answers in every order asked."""
     runs = []
-    for d in dirs:
-        if not (d / "summary.json").is_file():
-            continue
-        s = read_json(d / "summary.json")
-        if "commit" not in s:  # written before the compared conditions and the rows the intervals need existed
-            STALE.append(str(d))
+    for d in [results / concept] + sorted((results / "seeds").glob(f"{concept}-s*")):
+        if (run := read_run(d)) is None:
             continue
         rows = {}
         for r in read_jsonl(d / "eval_rows.jsonl", required=("condition", "eval", "id")):
             rows.setdefault(r["condition"], {}).setdefault(r["eval"], []).append(r)
         for by_set in rows.values():
-            for v in by_set.values():
-                v.sort(key=lambda r: r["id"])  # the same item order in every condition: paired resampling
-        runs.append(dict(seed=s["seed"], dir=d, summary=s, rows=rows,
-                         forgetting=read_jsonl(d / "forgetting.jsonl", required=("id", "kind"))))
+            for name, v in by_set.items():
+                v.sort(key=lambda r: r["id"])
+                if name == "bbq":
+                    units = {}
+                    for r in v:
+                        units.setdefault(r["id"], []).append(r)
+                    by_set[name] = list(units.values())
+        run["bbq_orders"] = min((len(u) for c in rows.values() for u in c.get("bbq", [])), default=0)
+        if run["bbq_orders"] == 1:  # asked before the cyclic orders: its BBQ numbers read answer position
+            ONE_ORDER.append(str(d))
+            for c in rows.values():
+                c.pop("bbq", None)
+        runs.append(run | dict(rows=rows))
     return runs
 
 
-def bbq_items(rows):
+def bbq_items(units):
     return [dict(condition=r["context_condition"], category=r["category"], gold=r["gold"], biased=r["biased"],
-                 unknown=r["unknown"], pred=None if r["pred"] == "unparsable" else r["pred"]) for r in rows]
+                 unknown=r["unknown"], pred=None if r["pred"] == "unparsable" else r["pred"]) for u in units for r in u]
 
 
-# metric -> (evaluation set, value of a list of its rows, label). Lower is safer for every safety metric.
+# metric -> (evaluation set, value of a list of its units or None where undefined, label, (worst value, range)).
+# Lower is safer for every safety metric.
 METRICS = {
-    "toxicity": ("toxicity", lambda rs: mean(r["toxicity"] for r in rs), "mean toxicity"),
-    "s_amb": ("bbq", lambda rs: bbq_metrics(bbq_items(rs))["s_amb"] or 0.0, "s_AMB"),
-    "compliance": ("harmful", lambda rs: 100 * mean(r["complied"] for r in rs), "compliance (%)"),
-    "squad_f1": ("squad", lambda rs: 100 * mean(r["f1"] for r in rs), "SQuAD F1"),
+    "toxicity": ("toxicity", lambda us: mean(r["toxicity"] for r in us), "mean toxicity", (1.0, 1.0)),
+    "s_amb": ("bbq", lambda us: bbq_metrics(bbq_items(us))["s_amb"], "s_AMB", (1.0, 2.0)),
+    "compliance": ("harmful", lambda us: 100 * mean(r["complied"] for r in us), "compliance (%)", (100.0, 100.0)),
+    "squad_f1": ("squad", lambda us: 100 * mean(r["f1"] for r in us), "SQuAD F1", (0.0, 100.0)),
 }
 SAFETY = {"toxicity": ["toxicity"], "bias": ["s_amb"], "mixed": ["toxicity", "s_amb"], "harmfulness": ["compliance"]}
 
 
+def level_of(n_seeds):
+    return "seeds and items" if n_seeds > 1 else "items only"
+
+
 def effect(runs, metric, a, b, reps, relative=False):
-    """metric(a) - metric(b) (or metric(a) / metric(b) - 1), averaged over seeds, with its 95 % bootstrap interval
-    (evaluation items resampled within each seed, the same items for both conditions) and each seed's own value."""
-    name, f, _ = METRICS[metric]
-    pairs = [(r["rows"][a][name], r["rows"][b][name]) for r in runs if a in r["rows"] and b in r["rows"]
-             and name in r["rows"][a]]
-    if not pairs:
-        return None
+    """metric(a) - metric(b) (or metric(a) / metric(b) - 1), averaged over seeds, with its 95 % interval (seeds drawn
+    with replacement, then evaluation items within each, the same items for both conditions) and each seed's own
+    value. Seeds where the effect is undefined are left out and counted; None when no seed has both conditions."""
+    name, f, _, _ = METRICS[metric]
 
     def diff(xa, xb):
-        return f(xa) / f(xb) - 1 if relative else f(xa) - f(xb)
+        va, vb = f(xa), f(xb)
+        if va is None or vb is None or va != va or vb != vb or (relative and vb == 0):
+            return None
+        return va / vb - 1 if relative else va - vb
+    pairs = [(r["rows"][a][name], r["rows"][b][name]) for r in runs if a in r["rows"] and b in r["rows"]
+             and name in r["rows"][a] and name in r["rows"][b]]
+    if not pairs:
+        return None
+    per_seed = [diff(ra, rb) for ra, rb in pairs]
+    kept = [p for p, d in zip(pairs, per_seed) if d is not None]
+    out = dict(per_seed=per_seed, seeds=len(kept), undefined_seeds=len(pairs) - len(kept), level=level_of(len(kept)))
+    if not kept:
+        return out | dict(value=None, lo=None, hi=None, undefined=reps)
 
-    def stat(idx):
-        return mean(diff([ra[i] for i in ix], [rb[i] for i in ix]) for (ra, rb), ix in zip(pairs, idx))
-    full = [list(range(len(ra))) for ra, _ in pairs]
-    lo, hi = bootstrap([len(ra) for ra, _ in pairs], stat, reps=reps)
-    return dict(value=stat(full), lo=lo, hi=hi, per_seed=[diff(ra, rb) for ra, rb in pairs], seeds=len(pairs))
+    def stat(draw):
+        ds = [diff([kept[g][0][i] for i in ix], [kept[g][1][i] for i in ix]) for g, ix in draw]
+        return None if None in ds else mean(ds)
+    iv = bootstrap([len(ra) for ra, _ in kept], stat, reps=reps, seeds=True)
+    return out | dict(value=mean(d for d in per_seed if d is not None), **iv)
 
 
-def verdict(e, direction, margin=0.0):
-    """direction -1: the claim is that the effect is below -margin (a < b); +1: above +margin; 0: reported only."""
+def verdict(e, direction, margin=0.0, reps=1000):
+    """The one rule (DEVIATIONS.md): the claim is direction * effect > -margin (direction -1: a below b; +1: above;
+    0: reported only). Holds when the whole interval lies on the claimed side, does not hold when it lies on the
+    other side, cannot tell otherwise (and when more than UNDEFINED_MAX of the resamples are undefined)."""
     if e is None:
         return "not run"
     if direction == 0:
         return "reported"
+    if e["lo"] is None or e.get("undefined", 0) > UNDEFINED_MAX * reps:
+        return "cannot tell"
     lo, hi = (e["lo"], e["hi"]) if direction > 0 else (-e["hi"], -e["lo"])
-    if lo > -margin and all(direction * x > -margin for x in e["per_seed"]):
-        return "holds"
-    return "does not hold" if hi < -margin else "cannot tell"
+    return "holds" if lo > -margin else "does not hold" if hi < -margin else "cannot tell"
 
 
-def fmt_effect(e, pct=False):
-    if e is None:
-        return "n/a"
-    k = 100 if pct else 1
-    unit = " %" if pct else ""
-    return f"{k * e['value']:+.{0 if pct else 3}f}{unit} [{k * e['lo']:+.{0 if pct else 3}f}, " \
-           f"{k * e['hi']:+.{0 if pct else 3}f}]"
+def combine(verdicts):
+    """A claim made of parts: holds when every part holds, does not hold when any part does not, else cannot tell."""
+    vs = [v for v in verdicts if v not in ("reported", "not run")]
+    if not vs:
+        return "not run"
+    return "holds" if all(v == "holds" for v in vs) else "does not hold" if "does not hold" in vs else "cannot tell"
+
+
+def magnitude(rel, paper):
+    """The paper's number against the interval of our relative effect: inside it, nearer 0 than it, or beyond it."""
+    if rel is None or rel["lo"] is None:
+        return "—"
+    if rel["lo"] <= paper <= rel["hi"]:
+        return "as large as the paper's"
+    if (rel["lo"] > 0) if paper < 0 else (rel["hi"] < 0):
+        return "opposite to the paper's"
+    nearer = rel["lo"] > paper if paper < 0 else rel["hi"] < paper
+    return "smaller than the paper's" if nearer else "larger than the paper's"
+
+
+def fmt_effect(e, pct=False, nd=3):
+    """value [lo, hi]; pct: a relative effect in % (no decimals)."""
+    if e is None or e.get("value") is None:
+        return "—"
+    k, nd, unit = (100, 0, " %") if pct else (1, nd, "")
+    iv = "[—]" if e["lo"] is None else f"[{k * e['lo']:+.{nd}f}, {k * e['hi']:+.{nd}f}]"
+    return f"{k * e['value']:+.{nd}f}{unit} {iv}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The claims, one per row of Table 2: (row, claim in the paper's terms, [(metric, a, b, direction, margin)]).
-# Metric "safety" stands for each of the setting's safety metrics.
+# The claims, one per row of Table 2: (row, claim in the paper's terms, [(metric, a, b, direction, margin, the
+# paper's relative toxicity change or None)]). Metric "safety" stands for each of the setting's safety metrics.
 
 ROW_CLAIMS = [
     ("+Downstream", "the paper: finetuning on the noisy mixture makes the model less safe than M0 (result 1)",
-     [("safety", "+Downstream", "M0", +1, 0.0)]),
+     [("safety", "+Downstream", "M0", +1, 0.0, None)]),
     ("+SafetyFT", "the paper: safety finetuning recovers safety but costs downstream F1 (result 4)",
-     [("safety", "+SafetyFT", "+Downstream", -1, 0.0), ("squad_f1", "+SafetyFT", "+Downstream", -1, 0.0)]),
-    ("Replay", "the paper: FF is safer than Replay (result 6)", [("safety", "FF", "Replay", -1, 0.0)]),
-    ("SC", "the paper: FF is safer than SC (toxicity 62 % lower; result 6)", [("safety", "FF", "SC", -1, 0.0)]),
+     [("safety", "+SafetyFT", "+Downstream", -1, 0.0, None), ("squad_f1", "+SafetyFT", "+Downstream", -1, 0.0, None)]),
+    ("Replay", "the paper: FF is safer than Replay (result 6)", [("safety", "FF", "Replay", -1, 0.0, None)]),
+    ("SC", "the paper: FF is safer than SC (toxicity 62 % lower; result 6)", [("safety", "FF", "SC", -1, 0.0, -0.62)]),
     ("FF", "the paper: FF is much safer than +Downstream (toxicity 75 % lower) and keeps downstream F1 (result 6)",
-     [("safety", "FF", "+Downstream", -1, 0.0), ("squad_f1", "FF", "+Downstream", +1, F1_MARGIN)]),
-    ("FF+SC", "the paper: adding SC to FF helps further", [("safety", "FF+SC", "FF", -1, 0.0)]),
-    ("FF-nll", "ours: the NLL filter's FF is safer than +Downstream", [("safety", "FF-nll", "+Downstream", -1, 0.0)]),
+     [("safety", "FF", "+Downstream", -1, 0.0, -0.75), ("squad_f1", "FF", "+Downstream", +1, F1_MARGIN, None)]),
+    ("FF+SC", "the paper: adding SC to FF helps further", [("safety", "FF+SC", "FF", -1, 0.0, None)]),
+    ("FF-nll", "ours: the NLL filter's FF is safer than +Downstream",
+     [("safety", "FF-nll", "+Downstream", -1, 0.0, None)]),
     ("Random filter", "ours: FF is safer than a random filter that drops as many examples (the floor)",
-     [("safety", "FF", "Random filter", -1, 0.0)]),
-    ("Oracle filter", "ours: the ceiling; FF minus the oracle filter, reported", [("safety", "FF", "Oracle filter", 0, 0.0)]),
+     [("safety", "FF", "Random filter", -1, 0.0, None)]),
+    ("Oracle filter", "ours: the ceiling; FF minus the oracle filter, reported",
+     [("safety", "FF", "Oracle filter", 0, 0.0, None)]),
 ]
+
+
+def same_as(run, cond):
+    """The condition that this one trains exactly as, by construction, in this run: a filter that flagged nothing
+    trains M0 on all of D_noisy, which is +Downstream (with the cue: SC); the random filter drops as many as the
+    ROUGE filter flagged. None otherwise."""
+    f = run["summary"]["filter"]
+    sig = f["ff_signals"][0] if cond in ("FF", "FF+SC", "Random filter") else cond[3:] if cond.startswith("FF-") else None
+    if sig not in f["signals"] or f["signals"][sig]["at_threshold"].get("n_flagged", 1) != 0:
+        return None
+    return "SC" if cond == "FF+SC" else "+Downstream"
+
+
+def untestable(runs, metric, a, b, direction):
+    """Why a claim that a is less safe than b cannot be tested here, or None: b is already within ROOM of the
+    metric's range from its worst value, so there is no room to become less safe."""
+    name, f, label, (worst, span) = METRICS[metric]
+    if direction <= 0 or metric == "squad_f1":
+        return None
+    vals = [v for r in runs if b in r["rows"] and name in r["rows"][b] and (v := f(r["rows"][b][name])) is not None]
+    if vals and abs(worst - mean(vals)) < ROOM * span:
+        return f"not testable here: {b} is already at {mean(vals):.3g} ({label}; worst {worst:g}): no room to be less safe"
+    return None
 
 
 def claims_for(concept, runs, reps):
     """Every comparison of ROW_CLAIMS that this setting's runs can make, with its interval and verdict."""
     out = []
     for row, claim, comparisons in ROW_CLAIMS:
-        for metric, a, b, direction, margin in comparisons:
+        for metric, a, b, direction, margin, paper in comparisons:
             for m in SAFETY[concept] if metric == "safety" else [metric]:
                 e = effect(runs, m, a, b, reps)
                 if e is None:
                     continue
                 rel = effect(runs, m, a, b, reps, relative=True) if m == "toxicity" else None
-                out.append(dict(row=row, claim=claim, metric=m, a=a, b=b, effect=e, relative=rel,
-                                verdict=verdict(e, direction, margin)))
+                same = [r["seed"] for r in runs if same_as(r, a) == b or same_as(r, b) == a]
+                v = verdict(e, direction, margin, reps)
+                note = [f"{e['level']}, {e['seeds']} seed{'s' if e['seeds'] != 1 else ''}"]
+                if e["undefined_seeds"]:
+                    note.append(f"undefined at {e['undefined_seeds']} seed(s)")
+                if e.get("undefined"):
+                    note.append(f"undefined in {e['undefined']} of {reps} resamples")
+                if why := untestable(runs, m, a, b, direction):
+                    v = why
+                if same and len(same) == len(runs) and direction:
+                    v = f"same as {b}: the filter flagged nothing"
+                elif same:
+                    note.append(f"{a} is {b} at seed {', '.join(map(str, same))} (the filter flagged nothing)")
+                out.append(dict(row=row, claim=claim, metric=m, a=a, b=b, effect=e, relative=rel, verdict=v,
+                                magnitude=magnitude(rel, paper) if paper is not None and rel else None, paper=paper,
+                                note="; ".join(note)))
     return out
 
 
 def forgetting_effect(runs, sig, reps, stat_name):
-    """Over the noisy examples at the filter's t, pooled over seeds: the unsafe-minus-rest gap in mean forgetting
-    ('gap') or the AUROC of unsafe against the rest ('auroc'), with its 95 % bootstrap interval over examples."""
+    """Over the noisy examples at the filter's t: the unsafe-minus-rest gap in mean forgetting ('gap') or the AUROC
+    of unsafe against the rest ('auroc'), averaged over seeds, with its 95 % interval (seeds, then examples)."""
     groups = []
     for r in runs:
         t = str(r["summary"]["filter"]["filter_t"])
@@ -158,105 +255,162 @@ def forgetting_effect(runs, sig, reps, stat_name):
 
     def one(rows):
         xs, ys = [x for x, _ in rows], [y for _, y in rows]
+        if not 0 < sum(ys) < len(ys):
+            return None
         if stat_name == "auroc":
             return auroc(xs, ys)
         return mean(x for x, y in rows if y) - mean(x for x, y in rows if not y)
 
-    def stat(idx):
-        return mean(one([g[i] for i in ix]) for g, ix in zip(groups, idx))
-    lo, hi = bootstrap([len(g) for g in groups], stat, reps=reps)
-    return dict(value=stat([list(range(len(g))) for g in groups]), lo=lo, hi=hi, per_seed=[one(g) for g in groups],
-                seeds=len(groups))
+    def stat(draw):
+        vs = [one([groups[g][i] for i in ix]) for g, ix in draw]
+        return None if None in vs else mean(vs)
+    iv = bootstrap([len(g) for g in groups], stat, reps=reps, seeds=True)
+    return dict(value=mean(one(g) for g in groups), per_seed=[one(g) for g in groups], seeds=len(groups),
+                level=level_of(len(groups)), **iv)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Table 1: the filter at 25 / 50 / 75 % unsafe.
+# Table 1: the filter at 25 / 50 / 75 % unsafe, each F1 beside the F1 of two filters that need no signal.
+
+def floors(flags):
+    """F1 (in %) of flagging every example and the expected F1 of a random filter that flags as many as this one:
+    for u unsafe of n and k flagged, 2u / (n + u) and 2ku / n / (k + u). flags: [(flagged, unsafe)]."""
+    n, u, k = len(flags), sum(y for _, y in flags), sum(x for x, _ in flags)
+    if not u:
+        return None, None
+    return 100 * 2 * u / (n + u), 100 * 2 * k * u / n / (k + u)
+
+
+def f1_pct(flags):
+    tp, k, u = sum(x and y for x, y in flags), sum(x for x, _ in flags), sum(y for _, y in flags)
+    return 100 * 2 * tp / (k + u) if k + u else None
+
+
+def f1_over_floor(runs, sig, reps):
+    """Our F1 minus the better floor at the run's threshold, averaged over seeds, with its interval (seeds, then
+    examples; both floors recomputed in every resample)."""
+    groups = []
+    for r in runs:
+        f = r["summary"]["filter"]
+        t, phi = str(f["filter_t"]), f["signals"][sig]["threshold"]
+        groups.append([(flag(x[f"forget_{sig}"][t], phi), x["kind"] == "unsafe") for x in r["forgetting"]])
+
+    def one(flags):
+        f1, fl = f1_pct(flags), floors(flags)
+        return None if f1 is None or fl[0] is None else f1 - max(fl)
+
+    def stat(draw):
+        vs = [one([groups[g][i] for i in ix]) for g, ix in draw]
+        return None if None in vs else mean(vs)
+    fl = [floors(g) for g in groups]
+    iv = bootstrap([len(g) for g in groups], stat, reps=reps, seeds=True)
+    return dict(value=mean(one(g) for g in groups), per_seed=[one(g) for g in groups], seeds=len(groups),
+                level=level_of(len(groups)), floor_all=mean(x[0] for x in fl), floor_random=mean(x[1] for x in fl),
+                **iv)
+
 
 def ratio_runs(results, concept):
-    """(unsafe %, summary) for every ratio of the setting: 50 from the main run, the others from ratios/."""
-    out = []
-    for d in [results / concept] + sorted((results / "ratios").glob(f"{concept}-r*")):
-        if (d / "summary.json").is_file():
-            s = read_json(d / "summary.json")
-            if "commit" not in s:
-                STALE.append(str(d))
-                continue
-            out.append((round(100 * s["data"]["config"]["r"]), s, d))
-    return sorted(out, key=lambda x: x[0])
+    """(unsafe %, [runs]) per ratio of the setting: 50 % from the main run and its seeds, the others from ratios/."""
+    by = {}
+    dirs = [results / concept] + sorted((results / "seeds").glob(f"{concept}-s*"))
+    for d in dirs + sorted((results / "ratios").glob(f"{concept}-r*")):
+        if (run := read_run(d)) is not None:
+            by.setdefault(round(100 * run["summary"]["data"]["config"]["r"]), []).append(run)
+    return sorted(by.items())
+
+
+def mean_sd(values):
+    """dict(mean, sd, seeds, undefined) over the seeds' values that exist: sd is None for a single value; None values
+    are counted as undefined and left out."""
+    xs = [x for x in values if x is not None]
+    return dict(mean=statistics.fmean(xs) if xs else None, sd=statistics.stdev(xs) if len(xs) > 1 else None,
+                seeds=len(xs), undefined=len(values) - len(xs))
 
 
 def table1(results, reps):
     rows = []
     for concept in CONCEPTS:
-        for pct, s, d in ratio_runs(results, concept):
-            f, t = s["filter"], str(s["filter"]["filter_t"])
-            run = dict(summary=s, forgetting=read_jsonl(d / "forgetting.jsonl", required=("id", "kind")))
+        for pct, runs in ratio_runs(results, concept):
             for sig in ("rouge", "nll"):
-                by_t, a, auto = f["signals"][sig]["by_t"][t], f["signals"][sig]["at_threshold"], f["auto_phi"][sig]
-                rows.append(dict(concept=concept, unsafe_pct=pct, signal=sig, t=int(t), n=f["n"], seed=s["seed"],
-                                 phi=f["signals"][sig]["threshold"], precision=a["precision"], recall=a["recall"],
-                                 f1=a["f1"], auto_phi=auto["threshold"], auto_precision=auto["precision"],
-                                 auto_recall=auto["recall"], auto_f1=auto["f1"], auroc=by_t["auroc"], ap=by_t["ap"],
-                                 auroc_interval=forgetting_effect([run], sig, reps, "auroc"),
-                                 control_auroc=by_t.get("control", {}).get("auroc")))
+                per = []
+                for r in runs:
+                    f = r["summary"]["filter"]
+                    by_t, a = f["signals"][sig]["by_t"][str(f["filter_t"])], f["signals"][sig]["at_threshold"]
+                    auto = f["auto_phi"][sig]
+                    per.append(dict(precision=a["precision"] if a.get("n_flagged", 1) else None, recall=a["recall"],
+                                    f1=a["f1"], n_flagged=a.get("n_flagged"), auto_f1=auto["f1"], auroc=by_t["auroc"],
+                                    ap=by_t["ap"], control_auroc=by_t.get("control", {}).get("auroc")))
+                f0 = runs[0]["summary"]["filter"]
+                rows.append(dict(concept=concept, unsafe_pct=pct, signal=sig, t=f0["filter_t"], n=f0["n"],
+                                 seeds=[r["seed"] for r in runs], phi=f0["signals"][sig]["threshold"],
+                                 **{k: mean_sd([p[k] for p in per]) for k in per[0] if k != "n_flagged"},
+                                 n_flagged=[p["n_flagged"] for p in per],
+                                 f1_over_floor=(fo := f1_over_floor(runs, sig, reps)),
+                                 high_f1=verdict(fo, +1, reps=reps),
+                                 auroc_interval=forgetting_effect(runs, sig, reps, "auroc")))
     return rows
 
 
+def ms(v, nd=1):
+    """mean +- sd of a mean_sd dict ("—" when undefined at every seed)."""
+    if v["mean"] is None:
+        return "—"
+    return f"{v['mean']:.{nd}f}" + (f" ± {v['sd']:.{nd}f}" if v["sd"] is not None else "")
+
+
 def render_table1(rows):
-    lines = ["| setting | unsafe | signal | t | phi | P | R | F1 | auto phi | P | R | F1 | AUROC [95 % interval] | AP | "
-             "control AUROC |", "|---" * 15 + "|"]
+    lines = ["| setting | unsafe | signal | seeds | phi | P | R | F1 | F1 flag all | F1 random | F1 - better floor "
+             "[95 % interval] | high F1? | Otsu F1 | AUROC [95 % interval] | AP | control AUROC |",
+             "|---" * 16 + "|"]
     for r in rows:
-        iv = r["auroc_interval"]
-        lines.append(f"| {r['concept']} | {r['unsafe_pct']} % | {r['signal']} | {r['t']} | {r['phi']} | "
-                     f"{r['precision']:.1f} | {r['recall']:.1f} | {r['f1']:.1f} | {r['auto_phi']} | "
-                     f"{r['auto_precision']:.1f} | {r['auto_recall']:.1f} | {r['auto_f1']:.1f} | "
-                     f"{r['auroc']:.3f} [{iv['lo']:.3f}, {iv['hi']:.3f}] | {r['ap']:.3f} | {fmt(r['control_auroc'])} |")
+        fo, iv = r["f1_over_floor"], r["auroc_interval"]
+        seeds = ", ".join(map(str, r["seeds"])) + (" (seed 0 alone)" if len(r["seeds"]) == 1 else "")
+        lines.append(f"| {r['concept']} | {r['unsafe_pct']} % | {r['signal']} | {seeds} | {r['phi']} | "
+                     f"{ms(r['precision'])} | {ms(r['recall'])} | {ms(r['f1'])} | {fo['floor_all']:.1f} | "
+                     f"{fo['floor_random']:.1f} | {fmt_effect(fo, nd=1)} | {r['high_f1']} | {ms(r['auto_f1'])} | "
+                     f"{ms(r['auroc'], 3)} [{fmt(iv['lo'])}, {fmt(iv['hi'])}] | "
+                     f"{ms(r['ap'], 3)} | {ms(r['control_auroc'], 3)} |")
     return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Table 2: every condition in every setting; a cell is the mean +- sd over seeds (one seed: the value alone).
 
+BBQ_COLUMNS = [("acc ambig", lambda m: m["bias"]["acc_amb"]), ("s_AMB", lambda m: m["bias"]["s_amb"]),
+               ("s_AMB constant", lambda m: m["bias"]["constant"]["s_amb"]),
+               ("top slot (%)", lambda m: m["bias"]["position_share"] and 100 * m["bias"]["position_share"]),
+               ("s_DIS BBQ", lambda m: m["bias"]["s_dis_bbq"]), ("s_DIS code", lambda m: m["bias"]["s_dis_code"])]
 COLUMNS = {  # setting -> [(header, value from a condition's metrics)]
     "toxicity": [("toxicity", lambda m: m["toxicity"]), ("> 0.5 (%)", lambda m: m["toxic_rate"]),
                  ("degenerate (%)", lambda m: m["degenerate"]), ("SQuAD F1", lambda m: m["squad_f1"])],
-    "bias": [("acc ambig", lambda m: m["bias"]["acc_amb"]), ("s_AMB", lambda m: m["bias"]["s_amb"]),
-             ("s_DIS BBQ", lambda m: m["bias"]["s_dis_bbq"]), ("s_DIS code", lambda m: m["bias"]["s_dis_code"]),
-             ("SQuAD F1", lambda m: m["squad_f1"])],
-    "mixed": [("toxicity", lambda m: m["toxicity"]), ("degenerate (%)", lambda m: m["degenerate"]),
-              ("s_AMB", lambda m: m["bias"]["s_amb"]), ("s_DIS BBQ", lambda m: m["bias"]["s_dis_bbq"]),
-              ("s_DIS code", lambda m: m["bias"]["s_dis_code"]), ("SQuAD F1", lambda m: m["squad_f1"])],
+    "bias": BBQ_COLUMNS + [("SQuAD F1", lambda m: m["squad_f1"])],
+    "mixed": [("toxicity", lambda m: m["toxicity"]), ("degenerate (%)", lambda m: m["degenerate"])] + BBQ_COLUMNS
+             + [("SQuAD F1", lambda m: m["squad_f1"])],
     "harmfulness": [("compliance (%)", lambda m: m["harm"]["compliance"]), ("refusal (%)", lambda m: m["harm"]["refusal"]),
                     ("degenerate (%)", lambda m: m["harm"]["degenerate"]), ("SQuAD EM", lambda m: m["squad_em"]),
                     ("SQuAD F1", lambda m: m["squad_f1"])],
 }
-
-
-def mean_sd(values):
-    """(mean, sample standard deviation or None for a single value) of the values that exist."""
-    xs = [x for x in values if x is not None]
-    if not xs:
-        return None, None
-    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None)
+BBQ_HEADS = {h for h, _ in BBQ_COLUMNS}
 
 
 def table2(settings):
-    """{setting: {condition: {column: dict(mean, sd, seeds)}}} from each seed's summary."""
+    """{setting: {condition: {column: dict(mean, sd, seeds, undefined)}}} from each seed's summary; BBQ columns read only
+    the runs asked in every order of the options."""
     out = {}
     for concept, runs in settings.items():
-        conds = list(runs[0]["summary"]["conditions"])
         out[concept] = {}
-        for c in conds:
+        for c in runs[0]["summary"]["conditions"]:
             out[concept][c] = {}
             for h, get in COLUMNS[concept]:
                 vals = []
                 for r in runs:
+                    if h in BBQ_HEADS and r.get("bbq_orders", 3) < 3:
+                        continue
                     try:
                         vals.append(get(r["summary"]["conditions"][c]))
                     except KeyError:  # that evaluation did not run for the condition (SC rows skip SQuAD)
                         pass
-                m, sd = mean_sd(vals)
-                out[concept][c][h] = dict(mean=m, sd=sd, seeds=len(vals))
+                out[concept][c][h] = mean_sd(vals)
     return out
 
 
@@ -275,8 +429,8 @@ def render_table2(t2, claims, blocks):
             for s, h in heads:
                 v = t2[s].get(c, {}).get(h)
                 nd = 1 if "(%)" in h or "SQuAD" in h else 3
-                cells.append("" if not v or v["mean"] is None else
-                             f"{v['mean']:.{nd}f}" + (f" ± {v['sd']:.{nd}f}" if v["sd"] is not None else ""))
+                cells.append("" if not v or (v["mean"] is None and not v["undefined"]) else ms(v, nd)
+                             + (f" ({v['undefined']} undefined)" if v["undefined"] else ""))
             said = [x for s in settings for x in claims.get(s, []) if x["row"] == c]
             verdicts = "; ".join(f"{x['setting']} {METRICS[x['metric']][2]}: {x['verdict']}" for x in said)
             lines.append(f"| {c} | " + " | ".join(cells) + " | "
@@ -288,6 +442,14 @@ def render_table2(t2, claims, blocks):
 # ---------------------------------------------------------------------------------------------------------------
 # The paper's seven results (README, The paper), each with what we measured and the verdict.
 
+SIGNAL = {"rouge": "ROUGE", "nll": "NLL"}
+
+
+def metric_label(setting, metric):
+    """A setting's name, with the metric where the setting has more than one (mixed: toxicity and s_AMB)."""
+    return setting if len(SAFETY[setting]) == 1 or metric == "squad_f1" else f"{setting} {METRICS[metric][2]}"
+
+
 SIZE_CAVEAT = ("the paper saw no forgetting gap for its smallest model (GPT2-medium, 355M); the embedded model here "
                "is 135M")
 
@@ -295,54 +457,77 @@ SIZE_CAVEAT = ("the paper saw no forgetting gap for its smallest model (GPT2-med
 def paper_claims(settings, claims, t1, reps, rounds=()):
     out = []
 
-    def add(n, text, setting, measured, v, note=""):
-        out.append(dict(result=n, claim=text, setting=setting, measured=measured, verdict=v, note=note))
+    def add(n, key, text, setting, measured, v, note="", mag=None, label=None):
+        out.append(dict(result=n, key=key, claim=text, setting=setting, label=label or setting, measured=measured,
+                        verdict=v, magnitude=mag, note=note))
     for s, runs in settings.items():
         for x in claims[s]:
             if x["row"] == "+Downstream":
-                add(1, "finetuning on a 50 %-unsafe mixture makes the aligned model less safe", s,
-                    f"{METRICS[x['metric']][2]}, +Downstream - M0: {fmt_effect(x['effect'])}", x["verdict"])
+                add(1, "1", "finetuning on a 50 %-unsafe mixture makes the aligned model less safe", s,
+                    f"{METRICS[x['metric']][2]}, +Downstream - M0: {fmt_effect(x['effect'])}", x["verdict"], x["note"],
+                    label=metric_label(s, x["metric"]))
         for sig in ("rouge", "nll"):
             e = forgetting_effect(runs, sig, reps, "gap")
-            add(2, "during safety finetuning unsafe examples are forgotten more than the rest", s,
-                f"{sig} forgetting, unsafe - rest at the filter's t: {fmt_effect(e)}", verdict(e, +1),
-                "" if sig == "rouge" else "ours: the NLL signal")
-    add(3, "the forgetting gap grows with model size", "all", "one model size here (135M)", "cannot tell",
-        SIZE_CAVEAT)
+            add(2, "2", "during safety finetuning unsafe examples are forgotten more than the rest", s,
+                f"{sig} forgetting, unsafe - rest at the filter's t: {fmt_effect(e)}", verdict(e, +1, reps=reps),
+                f"{e['level']}, {e['seeds']} seed{'s' if e['seeds'] != 1 else ''}"
+                + ("" if sig == "rouge" else "; ours: the NLL signal"), label=f"{s} {SIGNAL[sig]}")
+    add(3, "3", "the forgetting gap grows with model size", "all", "one model size here (135M)",
+        "not testable here: one model size offline", SIZE_CAVEAT)
     for s in settings:
         for x in claims[s]:
             if x["row"] == "+SafetyFT":
-                add(4, "safety finetuning restores safety but costs downstream F1", s,
-                    f"{METRICS[x['metric']][2]}, +SafetyFT - +Downstream: {fmt_effect(x['effect'])}", x["verdict"])
+                add(4, "4 F1" if x["metric"] == "squad_f1" else "4 safety",
+                    "safety finetuning restores safety but costs downstream F1", s,
+                    f"{METRICS[x['metric']][2]}, +SafetyFT - +Downstream: {fmt_effect(x['effect'])}", x["verdict"],
+                    x["note"], label=metric_label(s, x["metric"]))
     for concept in CONCEPTS:
-        sel = [r for r in t1 if r["concept"] == concept and r["signal"] == "rouge"]
-        if sel:
-            ok = all(r["auroc_interval"]["lo"] > 0.5 for r in sel)
-            bad = any(r["auroc_interval"]["hi"] < 0.5 for r in sel)
-            add(5, "the filter detects unsafe examples at 25 / 50 / 75 % unsafe (high F1)", concept,
-                "; ".join(f"{r['unsafe_pct']} %: F1 {r['f1']:.1f}, AUROC {r['auroc']:.3f} "
-                          f"[{r['auroc_interval']['lo']:.3f}, {r['auroc_interval']['hi']:.3f}]" for r in sel),
-                "holds" if ok else "does not hold" if bad else "cannot tell",
-                "holds = every ratio's AUROC interval lies above 0.5; " + SIZE_CAVEAT)
+        for sig in ("rouge", "nll"):
+            sel = [r for r in t1 if r["concept"] == concept and r["signal"] == sig]
+            if sel:
+                add(5, "5", "the filter detects unsafe examples at 25 / 50 / 75 % unsafe (high F1)", concept,
+                    f"{sig}: " + "; ".join(f"{r['unsafe_pct']} %: F1 {ms(r['f1'])} vs floor "
+                                           f"{max(r['f1_over_floor']['floor_all'], r['f1_over_floor']['floor_random']):.1f}"
+                                           f", F1 - floor {fmt_effect(r['f1_over_floor'], nd=1)}" for r in sel),
+                    combine(r["high_f1"] for r in sel),
+                    "holds = at every ratio the interval of F1 minus the better of flag-everything and a random "
+                    "filter of the same size lies above 0; seeds: " + "; ".join(
+                        f"{r['unsafe_pct']} % {len(r['seeds'])}" for r in sel)
+                    + ("" if sig == "rouge" else "; ours: the NLL signal"), label=f"{concept} {SIGNAL[sig]}")
     for s in settings:
         for x in claims[s]:
             if x["row"] in ("FF", "SC", "Replay"):
                 rel = f" ({fmt_effect(x['relative'], pct=True)})" if x["relative"] else ""
-                add(6, x["claim"].removeprefix("the paper: "), s,
+                add(6, "6 F1" if x["metric"] == "squad_f1" else f"6 {x['b']}", x["claim"].removeprefix("the paper: "), s,
                     f"{METRICS[x['metric']][2]}, {x['a']} - {x['b']}: {fmt_effect(x['effect'])}{rel}", x["verdict"],
-                    f"holds = FF's F1 at most {F1_MARGIN:g} points below" if x["metric"] == "squad_f1" else "")
+                    (f"holds = FF's F1 at most {F1_MARGIN:g} points below; " if x["metric"] == "squad_f1" else "")
+                    + x["note"], f"{x['magnitude']}: {fmt_effect(x['relative'], pct=True)}" if x["magnitude"] else None,
+                    label=metric_label(s, x["metric"]))
     claim7 = "in interleaved rounds unsafe behaviour returns under safety finetuning; FF stays low"
     for x in rounds:
-        add(7, claim7, x["setting"], x["measured"], x["verdict"], x["note"])
+        key = "7 low" if x["b"] == "sequential" else "7 returns" if x["note"].startswith("unsafe") else "7 part"
+        add(7, key, claim7, x["setting"], x["measured"], x["verdict"], x["note"],
+            label=f"{x['setting']} {x['a']}" if key == "7 low" else None)
     if not rounds:
-        add(7, claim7, "toxicity", "not run yet (`bash run.sh rounds`)", "cannot tell")
+        add(7, "7 low", claim7, "toxicity", "not run yet (`bash run.sh rounds`)", "not run")
     return sorted(out, key=lambda r: r["result"])  # stable: settings keep their order within a result
 
 
+def round_test(runs, rj, m, a, b, direction, what, reps):
+    """One comparison of two points of the rounds (a claims row), or None when either point is missing."""
+    e = effect(runs, m, a, b, reps)
+    if e is None:
+        return None
+    return dict(setting=rj["concept"], metric=m, a=a, b=b, effect=e, verdict=verdict(e, direction, reps=reps),
+                measured=f"{METRICS[m][2]}, {a} - {b}: {fmt_effect(e)}",
+                note=f"{what}; items only, seed {rj['seed']}, commit {rj['commit']}")
+
+
 def rounds_claims(results, reps):
-    """The paper's result 7 from results/rounds/<concept>/ (rounds.py): under sequential safety finetuning the safety
-    metric rises again with each noisy round (round k noisy - round k-1 safety > 0), and FF stays below the sequential
-    pipeline's noisy model of the same round (FF round k - seq round k noisy < 0); intervals over evaluation items."""
+    """The paper's result 7 from results/rounds/<concept>/ (rounds.py). Under sequential safety finetuning the
+    safety metric rises again with each noisy round (seq round k noisy - seq round k-1 safety > 0). FF stays low in a
+    round when it is below both sequential points of that round: the noisy model and the safety-finetuned one
+    (DEVIATIONS.md); the rounds combine. FF's change from round to round is reported. Intervals over items (one seed)."""
     out = []
     for p in sorted(Path(results).glob("rounds/*/rounds.json")):
         rj = read_json(p)
@@ -353,35 +538,87 @@ def rounds_claims(results, reps):
             for v in by_set.values():
                 v.sort(key=lambda r: r["id"])
         runs = [dict(rows=rows)]
+        ffs = list(dict.fromkeys(q["step"].rsplit(" ", 1)[0] for q in rj["points"] if q["pipeline"].startswith("ff")))
         for m in SAFETY[rj["concept"]]:
-            ffs = list(dict.fromkeys(p["step"].rsplit(" ", 1)[0] for p in rj["points"] if p["pipeline"].startswith("ff")))
-            for k in range(1, rj["rounds"] + 1):
-                tests = [(f"{f} r{k}", f"seq r{k} noisy", -1, f"{f} below the sequential model") for f in ffs]
-                if k > 1:
-                    tests.insert(0, (f"seq r{k} noisy", f"seq r{k - 1} safety", +1, "unsafe behaviour comes back"))
-                for a, b, direction, what in tests:
-                    e = effect(runs, m, a, b, reps)
-                    if e is not None:
-                        out.append(dict(setting=rj["concept"], metric=m, a=a, b=b, effect=e, verdict=verdict(e, direction),
-                                        measured=f"{METRICS[m][2]}, {a} - {b}: {fmt_effect(e)}",
-                                        note=f"{what}; seed {rj['seed']}, commit {rj['commit']}"))
+            tests = [(f"seq r{k} noisy", f"seq r{k - 1} safety", +1, "unsafe behaviour comes back")
+                     for k in range(2, rj["rounds"] + 1)]
+            out += [x for t in tests if (x := round_test(runs, rj, m, *t, reps))]
+            for f in ffs:
+                parts = []
+                for k in range(1, rj["rounds"] + 1):
+                    tests = [(f"{f} r{k}", f"seq r{k} noisy", -1, f"{f} below the sequential noisy model"),
+                             (f"{f} r{k}", f"seq r{k} safety", -1, f"{f} below the sequential model after its safety step")]
+                    found = [x for t in tests if (x := round_test(runs, rj, m, *t, reps))]
+                    parts += [x["verdict"] for x in found]
+                    if k > 1:
+                        found += [x for x in [round_test(runs, rj, m, f"{f} r{k}", f"{f} r{k - 1}", 0,
+                                                         f"{f}'s change from round {k - 1}", reps)] if x]
+                    out += found
+                out.append(dict(setting=rj["concept"], metric=m, a=f, b="sequential", effect=None,
+                                verdict=combine(parts), measured=f"{f} stays low: below both sequential points in "
+                                f"each of {rj['rounds']} rounds (the rows above)",
+                                note=f"combined: holds when every part holds; items only, seed {rj['seed']}"))
     return out
 
 
 def render_claims(rows):
-    lines = ["| result | the paper's claim | setting | measured here (95 % interval) | verdict | note |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['result']} | {r['claim']} | {r['setting']} | {r['measured']} | **{r['verdict']}** | {r['note']} |"
-              for r in rows]
+    lines = ["| result | the paper's claim | setting | measured here (95 % interval) | verdict | against the paper's "
+             "number | note |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['result']} | {r['claim']} | {r['setting']} | {r['measured']} | **{r['verdict']}** | "
+              f"{r['magnitude'] or ''} | {r['note']} |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+# The headline: one line per claim of the paper, in its words, with what we test for it.
+HEADLINE = [
+    ("1", "Finetuning on a 50 %-unsafe mixture makes the aligned model less safe",
+     "the safety metric, +Downstream - M0"),
+    ("2", "Unsafe examples are forgotten more than the rest in a short safety finetuning",
+     "mean forgetting, unsafe - the rest, both signals"),
+    ("3", "The forgetting gap grows with model size", "the gap per model size"),
+    ("4 safety", "Safety finetuning restores safety ...", "the safety metric, +SafetyFT - +Downstream"),
+    ("4 F1", "... but costs downstream F1", "SQuAD F1, +SafetyFT - +Downstream"),
+    ("5", "The filter finds the unsafe examples with high F1 at 25 / 50 / 75 % unsafe",
+     "F1 minus the better of flag-everything and a random filter of the same size, both signals"),
+    ("6 +Downstream", "FF is much safer than +Downstream (toxicity 75 % lower)", "the safety metric, FF - +Downstream"),
+    ("6 SC", "FF is safer than self-correction (toxicity 62 % lower)", "the safety metric, FF - SC"),
+    ("6 Replay", "FF is safer than Replay", "the safety metric, FF - Replay"),
+    ("6 F1", "FF keeps downstream F1", f"SQuAD F1, FF - +Downstream above -{F1_MARGIN:g}"),
+    ("7 returns", "In interleaved rounds unsafe behaviour comes back after each noisy round",
+     "sequential: noisy round k - safety step k-1"),
+    ("7 low", "... while FF stays low", "FF below both sequential points of every round"),
+]
+
+
+def headline(rows):
+    """[dict(claim, measure, verdicts, magnitudes)] from the paper_claims rows, one per HEADLINE entry."""
+    out = []
+    for key, claim, measure in HEADLINE:
+        sel = [r for r in rows if r["key"] == key]
+        if not sel:
+            continue
+        out.append(dict(key=key, claim=claim, measure=measure,
+                        verdicts=[dict(label=r["label"], verdict=r["verdict"]) for r in sel],
+                        magnitudes=[dict(label=r["label"], magnitude=r["magnitude"]) for r in sel if r["magnitude"]]))
+    return out
+
+
+def render_headline(lines):
+    out = ["| the paper's claim | what we test | verdict here | against the paper's number |", "|---|---|---|---|"]
+    for x in lines:
+        out.append(f"| {x['claim']} | {x['measure']} | " + "; ".join(f"{v['label']}: **{v['verdict']}**"
+                                                             for v in x["verdicts"])
+                   + " | " + "; ".join(f"{m['label']}: {m['magnitude']}" for m in x["magnitudes"]) + " |")
+    return "\n".join(out) + "\n"
 
 
 def render_signals(t1):
     """Which forgetting signal separates unsafe examples better, setting by setting and ratio by ratio."""
     pairs = {}
     for r in t1:
-        pairs.setdefault((r["concept"], r["unsafe_pct"]), {})[r["signal"]] = r["auroc"]
+        pairs.setdefault((r["concept"], r["unsafe_pct"]), {})[r["signal"]] = r["auroc"]["mean"]
     lines = ["| setting | unsafe | AUROC rouge (the paper's) | AUROC nll | better |", "|---|---|---|---|---|"]
+    # mean AUROC over the seeds of each ratio (Table 1 gives the spread)
     nll_wins = 0
     for (c, pct), a in pairs.items():
         better = "nll" if a["nll"] > a["rouge"] else "rouge" if a["rouge"] > a["nll"] else "tie"
@@ -445,10 +682,13 @@ def provenance(settings, results):
     """One line per run the tables read: name, seed and the commit whose code produced it."""
     names = [f"{r['summary'].get('name', c)} (seed {r['seed']}, commit {r['summary'].get('commit', 'not recorded')})"
              for c, runs in settings.items() for r in runs]
-    names += [f"{s.get('name', s['concept'])} (r {s['data']['config']['r']}, commit {s.get('commit', 'not recorded')})"
-              for c in CONCEPTS for pct, s, _ in ratio_runs(results, c) if pct != 50]
+    names += [f"{r['summary'].get('name', r['summary']['concept'])} (r {r['summary']['data']['config']['r']}, commit "
+              f"{r['summary'].get('commit', 'not recorded')})"
+              for c in CONCEPTS for pct, runs in ratio_runs(results, c) if pct != 50 for r in runs]
     stale = f" Left out (older code, to be run again): {', '.join(sorted(set(STALE)))}." if STALE else ""
-    return "Runs read: " + ", ".join(names) + "." + stale
+    one = (f" Left out of every BBQ number (asked in one order of the options; to be run again): "
+           f"{', '.join(sorted(set(ONE_ORDER)))}." if ONE_ORDER else "")
+    return "Runs read: " + ", ".join(names) + "." + stale + one
 
 
 def main():
@@ -464,17 +704,21 @@ def main():
     rounds = rounds_claims(results, cfg.reps)
     rows = paper_claims(settings, claims, t1, cfg.reps, rounds)
     signals, nll_wins, n_runs = render_signals(t1)
-    head = provenance(settings, results) + f" Intervals: {cfg.reps} bootstrap resamples of the items, 95 %.\n\n"
+    head = provenance(settings, results) + (f" Intervals: 95 %, {cfg.reps} bootstrap resamples of the seeds, then of "
+                                            "the items within each seed (items only where one seed ran).\n\n")
+    top = headline(rows)
     have = {(r["concept"], r["unsafe_pct"]) for r in t1}
     missing = [f"{c} at {p} %" for c in ("toxicity", "bias", "harmfulness") for p in (25, 50, 75) if (c, p) not in have]
     cut = f"Not run yet (cut from the CPU budget; `bash run.sh ratios` runs them): {', '.join(missing)}.\n\n" \
         if missing else ""
     blocks = dict(table1=head + cut + render_table1(t1),
                   table2=head + render_table2(t2, claims, [("toxicity", "bias", "mixed"), ("harmfulness",)]),
-                  claims=head + render_claims(rows), signals=signals, figures=render_figures(results))
+                  claims=head + render_claims(rows), signals=signals, figures=render_figures(results),
+                  headline=render_headline(top))
     write_json(results / "table1.json", t1)
     write_json(results / "table2.json", dict(cells=t2, claims=claims, paper_claims=rows, rounds=rounds,
-                                             signals=dict(nll_better=nll_wins, runs=n_runs)))
+                                             signals=dict(nll_better=nll_wins, runs=n_runs), headline=top))
+    write_text(results / "headline.md", blocks["headline"])
     write_text(results / "table1.md", blocks["table1"])
     write_text(results / "table2.md", blocks["table2"] + "\n" + blocks["claims"])
     if cfg.readme:

@@ -112,10 +112,13 @@ def test_rounds_run_both_pipelines(tiny_dir, tmp_path):
     assert "ff_r1_forget" in stages and "ff_nll_r1_forget" not in stages and "ff_nll_r2_forget" in stages
     assert (res / "rounds/toxicity/rounds.png").stat().st_size > 1000
     claims = tables.rounds_claims(res, reps=20)
-    assert [(c["a"], c["b"]) for c in claims] == [("FF r1", "seq r1 noisy"), ("FF-nll r1", "seq r1 noisy"),
-                                                  ("seq r2 noisy", "seq r1 safety"), ("FF r2", "seq r2 noisy"),
-                                                  ("FF-nll r2", "seq r2 noisy")]
-    assert all(c["verdict"] in ("holds", "does not hold", "cannot tell") for c in claims)
+    ff = lambda f: [(f"{f} r1", "seq r1 noisy"), (f"{f} r1", "seq r1 safety"), (f"{f} r2", "seq r2 noisy"),  # noqa
+                    (f"{f} r2", "seq r2 safety"), (f"{f} r2", f"{f} r1"), (f, "sequential")]
+    assert [(c["a"], c["b"]) for c in claims] == [("seq r2 noisy", "seq r1 safety")] + ff("FF") + ff("FF-nll")
+    assert all(c["verdict"] in ("holds", "does not hold", "cannot tell", "reported") for c in claims)
+    for f in ("FF", "FF-nll"):  # "stays low" combines its four parts (both sequential points, both rounds)
+        parts = [c["verdict"] for c in claims if c["a"].startswith(f + " r") and c["b"].startswith("seq")]
+        assert len(parts) == 4 and [c for c in claims if c["a"] == f][0]["verdict"] == tables.combine(parts)
 
 
 def test_size_study_with_two_tiny_models(tokenizer, tmp_path):
