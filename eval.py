@@ -199,7 +199,7 @@ def bootstrap(sizes, stat, reps=1000, seed=0, level=0.95, seeds=False):
     rng = random.Random(seed)
     vals, undefined = [], 0
     for _ in range(reps):
-        groups = [rng.randrange(len(sizes)) for _ in sizes] if seeds else range(len(sizes))
+        groups = [rng.randrange(len(sizes)) for _ in sizes] if seeds and len(sizes) > 1 else range(len(sizes))
         v = stat([(g, [rng.randrange(sizes[g]) for _ in range(sizes[g])]) for g in groups])
         if v is None or v != v:
             undefined += 1
