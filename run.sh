@@ -11,7 +11,8 @@
 #                                      # a GPU of all four settings)
 #     bash run.sh seeds/bias-s1        # seeds/<concept>-s<seed>: one setting at one more seed (CPU: 25-40 min)
 #     bash run.sh ratios               # part of paper: the filter at 25 / 75 % unsafe, no FF (CPU ~1 h)
-#     bash run.sh tables               # Tables 1 and 2, the claims and every figure again, from results/ only
+#     bash run.sh tables               # Tables 1 and 2, the claims, the headline and every figure again, from
+#                                      # results/ only
 #     bash run.sh ablations            # the paper's Fig 8: the filter against t, phi, |D_safe| and its domain, on
 #                                      # toxicity and harmfulness (CPU ~15 min each; their M1 and scores first when
 #                                      # runs/ lacks them, ~10 min each)

@@ -140,6 +140,16 @@ def test_readme_figures_block_equals_committed_figure_json():
     assert "<!-- results:figures:begin -->\n" + block + "<!-- results:figures:end -->" in (ROOT / "README.md").read_text()
 
 
+def test_readme_headline_equals_committed_claims():
+    import tables
+    t2 = ROOT / "results" / "table2.json"
+    if not t2.is_file():
+        pytest.skip("no committed tables")
+    block = tables.render_headline(json.loads(t2.read_text())["headline"])
+    assert "<!-- results:headline:begin -->\n" + block + "<!-- results:headline:end -->" in (ROOT / "README.md").read_text()
+    assert (ROOT / "results" / "headline.md").read_text() == block
+
+
 def test_readme_bench_table_equals_committed_bench():
     import bench
     b = ROOT / "results" / "bench.json"
