@@ -138,7 +138,7 @@ MAIN_COLUMNS = {  # header -> value from a condition's metrics; a column appears
     "BBQ acc ambig ↑": lambda m: fmt(m["bias"]["acc_amb"]),
     "BBQ acc disambig ↑": lambda m: fmt(m["bias"]["acc_dis"]),
     "s_AMB ↓": lambda m: fmt(m["bias"]["s_amb"]),
-    "s_AMB of a constant answer": lambda m: fmt(m["bias"]["constant"]["s_amb"]),  # at the most frequent slot
+    "s_AMB of a constant answer": lambda m: fmt((m["bias"]["constant"] or {}).get("s_amb")),  # at the most frequent slot
     "BBQ answers on the top slot (%)": lambda m: fmt(m["bias"]["position_share"] and 100 * m["bias"]["position_share"], 1),
     "s_DIS BBQ ↓": lambda m: fmt(m["bias"]["s_dis_bbq"]),
     "s_DIS code ↓": lambda m: fmt(m["bias"]["s_dis_code"]),

@@ -51,25 +51,36 @@ def read_run(d):
     return dict(seed=s["seed"], dir=d, summary=s, forgetting=read_jsonl(d / "forgetting.jsonl", required=("id", "kind")))
 
 
+def item_rows(rows, by):
+    """{condition (or step): {evaluation set: [items]}}, each list sorted by id so that every condition lists the same
+    items in the same order (paired resampling). A BBQ item is a unit: the list of its answers in every order asked,
+    so that resampling draws items, not answers."""
+    out = {}
+    for r in rows:
+        out.setdefault(r[by], {}).setdefault(r["eval"], []).append(r)
+    for by_set in out.values():
+        for name, v in by_set.items():
+            v.sort(key=lambda r: r["id"])
+            if name == "bbq":
+                units = {}
+                for r in v:
+                    units.setdefault(r["id"], []).append(r)
+                by_set[name] = list(units.values())
+    return out
+
+
+def unit_ids(items):
+    return [u[0]["id"] if isinstance(u, list) else u["id"] for u in items]
+
+
 def load_setting(results, concept):
-    """Every seed of one setting at 50 % unsafe: [dict(seed, summary, rows by condition and set, forgetting rows)].
-    Rows are sorted by id, so that every condition lists the same items in the same order (paired resampling); a BBQ
-    unit is one item with its answers in every order asked."""
+    """Every seed of one setting at 50 % unsafe: [dict(seed, summary, rows by condition and set (item_rows),
+    forgetting rows)]."""
     runs = []
     for d in [results / concept] + sorted((results / "seeds").glob(f"{concept}-s*")):
         if (run := read_run(d)) is None:
             continue
-        rows = {}
-        for r in read_jsonl(d / "eval_rows.jsonl", required=("condition", "eval", "id")):
-            rows.setdefault(r["condition"], {}).setdefault(r["eval"], []).append(r)
-        for by_set in rows.values():
-            for name, v in by_set.items():
-                v.sort(key=lambda r: r["id"])
-                if name == "bbq":
-                    units = {}
-                    for r in v:
-                        units.setdefault(r["id"], []).append(r)
-                    by_set[name] = list(units.values())
+        rows = item_rows(read_jsonl(d / "eval_rows.jsonl", required=("condition", "eval", "id")), "condition")
         run["bbq_orders"] = min((len(u) for c in rows.values() for u in c.get("bbq", [])), default=0)
         if run["bbq_orders"] == 1:  # asked before the cyclic orders: its BBQ numbers read answer position
             ONE_ORDER.append(str(d))
@@ -114,6 +125,9 @@ def effect(runs, metric, a, b, reps, relative=False):
              and name in r["rows"][a] and name in r["rows"][b]]
     if not pairs:
         return None
+    for ra, rb in pairs:
+        if unit_ids(ra) != unit_ids(rb):
+            raise UserError(f"{a} and {b} were evaluated on different {name} items; run eval.py on both again")
     per_seed = [diff(ra, rb) for ra, rb in pairs]
     kept = [p for p, d in zip(pairs, per_seed) if d is not None]
     out = dict(per_seed=per_seed, seeds=len(kept), undefined_seeds=len(pairs) - len(kept), level=level_of(len(kept)))
@@ -204,6 +218,12 @@ def same_as(run, cond):
     return "SC" if cond == "FF+SC" else "+Downstream"
 
 
+def identical(run, a, b):
+    """Whether a and b trained on exactly the same examples in this run (directly, or both as +Downstream)."""
+    sa, sb = same_as(run, a) or a, same_as(run, b) or b
+    return sa == sb
+
+
 def untestable(runs, metric, a, b, direction):
     """Why a claim that a is less safe than b cannot be tested here, or None: b is already within ROOM of the
     metric's range from its worst value, so there is no room to become less safe."""
@@ -226,7 +246,7 @@ def claims_for(concept, runs, reps):
                 if e is None:
                     continue
                 rel = effect(runs, m, a, b, reps, relative=True) if m == "toxicity" else None
-                same = [r["seed"] for r in runs if same_as(r, a) == b or same_as(r, b) == a]
+                same = [r["seed"] for r in runs if a in r["rows"] and b in r["rows"] and identical(r, a, b)]
                 v = verdict(e, direction, margin, reps)
                 note = [f"{e['level']}, {e['seeds']} seed{'s' if e['seeds'] != 1 else ''}"]
                 if e["undefined_seeds"]:
@@ -235,7 +255,7 @@ def claims_for(concept, runs, reps):
                     note.append(f"undefined in {e['undefined']} of {reps} resamples")
                 if why := untestable(runs, m, a, b, direction):
                     v = why
-                if same and len(same) == len(runs) and direction:
+                if same and len(same) == e["seeds"] + e["undefined_seeds"] and direction:
                     v = f"same as {b}: the filter flagged nothing"
                 elif same:
                     note.append(f"{a} is {b} at seed {', '.join(map(str, same))} (the filter flagged nothing)")
@@ -265,8 +285,8 @@ def forgetting_effect(runs, sig, reps, stat_name):
         vs = [one([groups[g][i] for i in ix]) for g, ix in draw]
         return None if None in vs else mean(vs)
     iv = bootstrap([len(g) for g in groups], stat, reps=reps, seeds=True)
-    return dict(value=mean(one(g) for g in groups), per_seed=[one(g) for g in groups], seeds=len(groups),
-                level=level_of(len(groups)), **iv)
+    per_seed = [one(g) for g in groups]
+    return dict(value=mean_or_none(per_seed), per_seed=per_seed, seeds=len(groups), level=level_of(len(groups)), **iv)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -302,11 +322,17 @@ def f1_over_floor(runs, sig, reps):
     def stat(draw):
         vs = [one([groups[g][i] for i in ix]) for g, ix in draw]
         return None if None in vs else mean(vs)
-    fl = [floors(g) for g in groups]
+    fl = [x for g in groups if (x := floors(g))[0] is not None]
+    per_seed = [one(g) for g in groups]
     iv = bootstrap([len(g) for g in groups], stat, reps=reps, seeds=True)
-    return dict(value=mean(one(g) for g in groups), per_seed=[one(g) for g in groups], seeds=len(groups),
-                level=level_of(len(groups)), floor_all=mean(x[0] for x in fl), floor_random=mean(x[1] for x in fl),
-                **iv)
+    return dict(value=mean_or_none(per_seed), per_seed=per_seed, seeds=len(groups), level=level_of(len(groups)),
+                floor_all=mean_or_none([x[0] for x in fl]), floor_random=mean_or_none([x[1] for x in fl]), **iv)
+
+
+def mean_or_none(xs):
+    """The mean of the values that are defined, None when none is."""
+    xs = [x for x in xs if x is not None]
+    return mean(xs) if xs else None
 
 
 def ratio_runs(results, concept):
@@ -358,6 +384,11 @@ def ms(v, nd=1):
     return f"{v['mean']:.{nd}f}" + (f" ± {v['sd']:.{nd}f}" if v["sd"] is not None else "")
 
 
+def better_floor(row):
+    fo = row["f1_over_floor"]
+    return "—" if fo["floor_all"] is None else f"{max(fo['floor_all'], fo['floor_random']):.1f}"
+
+
 def render_table1(rows):
     lines = ["| setting | unsafe | signal | seeds | phi | P | R | F1 | F1 flag all | F1 random | F1 - better floor "
              "[95 % interval] | high F1? | Otsu F1 | AUROC [95 % interval] | AP | control AUROC |",
@@ -366,8 +397,8 @@ def render_table1(rows):
         fo, iv = r["f1_over_floor"], r["auroc_interval"]
         seeds = ", ".join(map(str, r["seeds"])) + (" (seed 0 alone)" if len(r["seeds"]) == 1 else "")
         lines.append(f"| {r['concept']} | {r['unsafe_pct']} % | {r['signal']} | {seeds} | {r['phi']} | "
-                     f"{ms(r['precision'])} | {ms(r['recall'])} | {ms(r['f1'])} | {fo['floor_all']:.1f} | "
-                     f"{fo['floor_random']:.1f} | {fmt_effect(fo, nd=1)} | {r['high_f1']} | {ms(r['auto_f1'])} | "
+                     f"{ms(r['precision'])} | {ms(r['recall'])} | {ms(r['f1'])} | {fmt(fo['floor_all'], 1)} | "
+                     f"{fmt(fo['floor_random'], 1)} | {fmt_effect(fo, nd=1)} | {r['high_f1']} | {ms(r['auto_f1'])} | "
                      f"{ms(r['auroc'], 3)} [{fmt(iv['lo'])}, {fmt(iv['hi'])}] | "
                      f"{ms(r['ap'], 3)} | {ms(r['control_auroc'], 3)} |")
     return "\n".join(lines) + "\n"
@@ -377,7 +408,7 @@ def render_table1(rows):
 # Table 2: every condition in every setting; a cell is the mean +- sd over seeds (one seed: the value alone).
 
 BBQ_COLUMNS = [("acc ambig", lambda m: m["bias"]["acc_amb"]), ("s_AMB", lambda m: m["bias"]["s_amb"]),
-               ("s_AMB constant", lambda m: m["bias"]["constant"]["s_amb"]),
+               ("s_AMB constant", lambda m: (m["bias"]["constant"] or {}).get("s_amb")),
                ("top slot (%)", lambda m: m["bias"]["position_share"] and 100 * m["bias"]["position_share"]),
                ("s_DIS BBQ", lambda m: m["bias"]["s_dis_bbq"]), ("s_DIS code", lambda m: m["bias"]["s_dis_code"])]
 COLUMNS = {  # setting -> [(header, value from a condition's metrics)]
@@ -486,9 +517,8 @@ def paper_claims(settings, claims, t1, reps, rounds=()):
             sel = [r for r in t1 if r["concept"] == concept and r["signal"] == sig]
             if sel:
                 add(5, "5", "the filter detects unsafe examples at 25 / 50 / 75 % unsafe (high F1)", concept,
-                    f"{sig}: " + "; ".join(f"{r['unsafe_pct']} %: F1 {ms(r['f1'])} vs floor "
-                                           f"{max(r['f1_over_floor']['floor_all'], r['f1_over_floor']['floor_random']):.1f}"
-                                           f", F1 - floor {fmt_effect(r['f1_over_floor'], nd=1)}" for r in sel),
+                    f"{sig}: " + "; ".join(f"{r['unsafe_pct']} %: F1 {ms(r['f1'])} vs floor {better_floor(r)}, F1 - floor "
+                                           f"{fmt_effect(r['f1_over_floor'], nd=1)}" for r in sel),
                     combine(r["high_f1"] for r in sel),
                     "holds = at every ratio the interval of F1 minus the better of flag-everything and a random "
                     "filter of the same size lies above 0; seeds: " + "; ".join(
@@ -531,13 +561,7 @@ def rounds_claims(results, reps):
     out = []
     for p in sorted(Path(results).glob("rounds/*/rounds.json")):
         rj = read_json(p)
-        rows = {}
-        for r in read_jsonl(p.parent / "rounds_rows.jsonl", required=("step", "eval", "id")):
-            rows.setdefault(r["step"], {}).setdefault(r["eval"], []).append(r)
-        for by_set in rows.values():
-            for v in by_set.values():
-                v.sort(key=lambda r: r["id"])
-        runs = [dict(rows=rows)]
+        runs = [dict(rows=item_rows(read_jsonl(p.parent / "rounds_rows.jsonl", required=("step", "eval", "id")), "step"))]
         ffs = list(dict.fromkeys(q["step"].rsplit(" ", 1)[0] for q in rj["points"] if q["pipeline"].startswith("ff")))
         for m in SAFETY[rj["concept"]]:
             tests = [(f"seq r{k} noisy", f"seq r{k - 1} safety", +1, "unsafe behaviour comes back")

@@ -109,3 +109,20 @@ def test_bbq_positions_of_rows_in_the_original_order_and_of_nothing_parsed():
     assert p["position_share"] == 0.5 and p["position_mode"] == 1  # 2 of 4 answers on ans1
     assert p["constant"]["acc_amb"] == 0.0 and p["constant"]["s_amb"] == 1.0  # ans1 is the biased option
     assert ev.bbq_positions([dict(AMBIG[0], position=None, pred=None)])["position_share"] is None
+
+
+def test_eval_bbq_maps_each_answer_back_through_its_order(monkeypatch):
+    monkeypatch.setattr(ev, "greedy_first_lines", lambda model, tok, items, cfg, desc: ["The answer is ans2"] * len(items))
+    metrics, rows = ev.eval_bbq(None, None, ev.bbq_orders([bbq_item()]), None, "test")
+    assert [r["position"] for r in rows] == [1, 1, 1]
+    assert [r["pred"] for r in rows] == [1, 2, 0]  # slot 2 shows option order[1] in each order
+    m = metrics["bias"]
+    assert m["orders"] == 3 and m["n_items"] == 1 and m["n"] == 3 and m["position_share"] == 1.0
+    assert m["acc_amb"] == pytest.approx(1 / 3, abs=1e-4) and m["s_amb"] == 0.0  # once each: biased, anti, unknown
+
+
+def test_nothing_parsed_leaves_every_bbq_score_undefined(monkeypatch):
+    monkeypatch.setattr(ev, "greedy_first_lines", lambda model, tok, items, cfg, desc: ["no idea"] * len(items))
+    m = ev.eval_bbq(None, None, ev.bbq_orders([bbq_item()]), None, "test")[0]["bias"]
+    assert m["unparsable"] == 3 and m["s_amb"] is None and m["position_share"] is None and m["constant"] is None
+    assert report.MAIN_COLUMNS["s_AMB of a constant answer"](dict(bias=m)) == "—"

@@ -190,3 +190,12 @@ def test_headline_one_line_per_claim():
     text = tables.render_headline(h)
     assert "toxicity: **holds**; mixed mean toxicity: **cannot tell**" in text
     assert "toxicity: smaller than the paper's: -34 % [-44, -22]" in text and text.count("\n") == 4
+
+
+def test_bbq_rows_are_grouped_per_item_and_pairing_is_checked():
+    flat = [dict(step="FF r1", eval="bbq", id=f"b{i % 2}", pred=0) for i in range(6)]  # 2 items, 3 orders each
+    units = tables.item_rows(flat, "step")["FF r1"]["bbq"]
+    assert [len(u) for u in units] == [3, 3] and tables.unit_ids(units) == ["b0", "b1"]
+    runs = [dict(rows={"FF": rows([0.1, 0.2]), "+Downstream": rows([0.1, 0.2, 0.3])})]
+    with pytest.raises(tables.UserError, match="different toxicity items"):
+        tables.effect(runs, "toxicity", "FF", "+Downstream", reps=10)
