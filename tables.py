@@ -246,7 +246,8 @@ def claims_for(concept, runs, reps):
                 if e is None:
                     continue
                 rel = effect(runs, m, a, b, reps, relative=True) if m == "toxicity" else None
-                same = [r["seed"] for r in runs if a in r["rows"] and b in r["rows"] and identical(r, a, b)]
+                used = [r for r in runs if METRICS[m][0] in r["rows"].get(a, {}) and METRICS[m][0] in r["rows"].get(b, {})]
+                same = [r["seed"] for r in used if identical(r, a, b)]
                 v = verdict(e, direction, margin, reps)
                 note = [f"{e['level']}, {e['seeds']} seed{'s' if e['seeds'] != 1 else ''}"]
                 if e["undefined_seeds"]:
@@ -255,7 +256,7 @@ def claims_for(concept, runs, reps):
                     note.append(f"undefined in {e['undefined']} of {reps} resamples")
                 if why := untestable(runs, m, a, b, direction):
                     v = why
-                if same and len(same) == e["seeds"] + e["undefined_seeds"] and direction:
+                if same and len(same) == len(used) and direction:
                     v = f"same as {b}: the filter flagged nothing"
                 elif same:
                     note.append(f"{a} is {b} at seed {', '.join(map(str, same))} (the filter flagged nothing)")
