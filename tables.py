@@ -354,10 +354,11 @@ def mean_sd(values):
                 seeds=len(xs), undefined=len(values) - len(xs))
 
 
-def table1(results, reps):
+def table1(ratios, reps):
+    """ratios: {concept: ratio_runs(...)}, read once in main (provenance names the same runs)."""
     rows = []
     for concept in CONCEPTS:
-        for pct, runs in ratio_runs(results, concept):
+        for pct, runs in ratios[concept]:
             for sig in ("rouge", "nll"):
                 per = []
                 for r in runs:
@@ -703,13 +704,13 @@ def render_figures(results):
     return "\n".join(out) + "\n" if out else "No run of the paper's figures yet.\n"
 
 
-def provenance(settings, results):
+def provenance(settings, ratios):
     """One line per run the tables read: name, seed and the commit whose code produced it."""
     names = [f"{r['summary'].get('name', c)} (seed {r['seed']}, commit {r['summary'].get('commit', 'not recorded')})"
              for c, runs in settings.items() for r in runs]
     names += [f"{r['summary'].get('name', r['summary']['concept'])} (r {r['summary']['data']['config']['r']}, commit "
               f"{r['summary'].get('commit', 'not recorded')})"
-              for c in CONCEPTS for pct, runs in ratio_runs(results, c) if pct != 50 for r in runs]
+              for c in CONCEPTS for pct, runs in ratios[c] if pct != 50 for r in runs]
     stale = f" Left out (older code, to be run again): {', '.join(sorted(set(STALE)))}." if STALE else ""
     one = (f" Left out of every BBQ number (asked in one order of the options; to be run again): "
            f"{', '.join(sorted(set(ONE_ORDER)))}." if ONE_ORDER else "")
@@ -725,11 +726,12 @@ def main():
                         + (f" ({len(set(STALE))} older ones left out)" if STALE else "")
                         + "; run `bash run.sh` (or `bash run.sh paper`) first")
     claims = {c: [dict(x, setting=c) for x in claims_for(c, runs, cfg.reps)] for c, runs in settings.items()}
-    t1, t2 = table1(results, cfg.reps), table2(settings)
+    ratios = {c: ratio_runs(results, c) for c in CONCEPTS}
+    t1, t2 = table1(ratios, cfg.reps), table2(settings)
     rounds = rounds_claims(results, cfg.reps)
     rows = paper_claims(settings, claims, t1, cfg.reps, rounds)
     signals, nll_wins, n_runs = render_signals(t1)
-    head = provenance(settings, results) + (f" Intervals: 95 %, {cfg.reps} bootstrap resamples of the seeds, then of "
+    head = provenance(settings, ratios) + (f" Intervals: 95 %, {cfg.reps} bootstrap resamples of the seeds, then of "
                                             "the items within each seed (items only where one seed ran).\n\n")
     top = headline(rows)
     have = {(r["concept"], r["unsafe_pct"]) for r in t1}
