@@ -20,6 +20,24 @@ from pathlib import Path
 # ---------------------------------------------------------------------------------------------------------------
 # Errors and options.
 
+# The GPU preset, per script: run.sh passes these on CUDA; measure/smoke.py runs the chain with them and
+# measure/cost.py projects their cost. SmolLM2-1.7B-Instruct with the paper's LoRA (r 8, alpha 16, q_proj/v_proj),
+# lr 2e-4, batch 32; FF_MODEL=<hub id> bash run.sh swaps the model (Qwen/Qwen2.5-7B-Instruct: the 7B preset).
+GPU_MODEL = "HuggingFaceTB/SmolLM2-1.7B-Instruct"
+GPU_PRESET = {
+    "data": ["--n", "1000", "--n-safety", "500", "--n-eval", "300"],
+    "ff": ["--lora", "--lr", "2e-4", "--safety-lr", "2e-4", "--epochs", "3", "--batch-size", "32", "--micro-tokens",
+           "8192", "--gen-batch-size", "64", "--max-new-tokens-text", "64", "--max-new-tokens-qa", "96"],
+    "eval": ["--gen-batch-size", "64", "--max-new-tokens", "64"],
+}
+
+
+def preset(script, option):
+    """The GPU preset's value of one option (`preset("ff", "--epochs")` -> "3")."""
+    args = GPU_PRESET[script]
+    return args[args.index(option) + 1]
+
+
 class UserError(Exception):
     """A problem with the user's input or options: reported as one line, exit status 2."""
 
@@ -122,6 +140,17 @@ def write_text(path, text):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def update_block(doc, text, name):
+    """Replace what lies between `<!-- results:<name>:begin -->` and `<!-- results:<name>:end -->` in the Markdown
+    file doc (RESULTS.md, PERFORMANCE.md, README.md) with text: the generated part of a document, nothing else."""
+    begin, end = f"<!-- results:{name}:begin -->", f"<!-- results:{name}:end -->"
+    body = Path(doc).read_text(encoding="utf-8")
+    if begin not in body or end not in body:
+        raise UserError(f"{doc}: no {begin} ... {end} markers; add them where the block belongs")
+    head, rest = body.split(begin, 1)
+    write_text(doc, head + begin + "\n" + text + end + rest.split(end, 1)[1])
 
 
 def write_json(path, obj):

@@ -26,7 +26,7 @@ from common import UserError, git_commit, main_guard, opt, parse_config, read_js
 DATA = Path(__file__).resolve().parent / "data"
 
 # ---------------------------------------------------------------------------------------------------------------
-# Prompt templates (README, The paper: Setup and prompt formats). `prompt` is what the model sees at generation
+# Prompt templates (RESULTS.md, The paper: Setup and prompt formats). `prompt` is what the model sees at generation
 # time, `target` what it should produce. Training text = render(ex) + target + eos; scoring and evaluation generate from render(ex).
 TEMPLATES = {
     "text": "### Response:{prompt}",                   # toxicity: prompt = first 3 words, target = the rest
@@ -142,7 +142,7 @@ def bbq_items(categories=BBQ_CATEGORIES, cfg=None):
     """BBQ items (data/bbq), each with the option indices the bias metrics need: gold, unknown (the 'cannot be
     determined' option), stereo (the option whose group is in stereotyped_groups, matched on the group tag or the
     answer's own name, case-insensitive) and biased (what a stereotype answers: the stereotyped option for a
-    negative question, the other group's option for a non-negative one; README, The paper: Data)."""
+    negative question, the other group's option for a non-negative one; RESULTS.md, The paper: Data)."""
     out = []
     for cat in (BBQ_ALL if hub(cfg) else categories):  # the hub has all 11 categories; data/ ships 6
         rows = hub_rows("bbq", cfg, category=cat) if hub(cfg) else read_jsonl(
@@ -266,7 +266,7 @@ def text_example(id, source, kind, text):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The toxicity concept (README, The paper: Data).
+# The toxicity concept (RESULTS.md, The paper: Data).
 
 @dataclass
 class Config:
@@ -291,7 +291,7 @@ class Config:
 
 
 def mixture_sizes(n, r):
-    """README, The paper: Data: int(N*r) unsafe; safe, SQuAD and Alpaca each get int(N*(1-r)/3)."""
+    """RESULTS.md, The paper: Data: int(N*r) unsafe; safe, SQuAD and Alpaca each get int(N*(1-r)/3)."""
     return int(n * r), int(n * (1 - r) / 3)
 
 
@@ -354,7 +354,7 @@ def build_toxicity(cfg):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The bias concept (BBQ; README, The paper: Data).
+# The bias concept (BBQ; RESULTS.md, The paper: Data).
 
 def bbq_example(item, kind, answer):
     return dict(id=item["id"], source="bbq", kind=kind, format="bbq", prompt=item["prompt"],

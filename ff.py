@@ -45,7 +45,8 @@ from tqdm import tqdm
 from common import (UserError, check_writable, clean_leftovers, digest, main_guard, opt, parse_config,
                     peak_memory_gib, release_memory, stage, write_json, write_jsonl, write_text)
 from data import TEMPLATES, load_examples, render
-from figures import run_figure
+from metrics import flag, otsu_threshold, rouge1
+from plots import run_figure
 from model import (EMBEDDED, PRECISIONS, add_lora, base_dtype, check_lengths, collate, encode, generate, hardware,
                    length_grouped_batches, load_model, load_tokenizer, save_checkpoint, setup, setup_device, target_ids,
                    token_budget_split)
@@ -81,7 +82,7 @@ class Config:
     signals: list = opt(["auto"], "forgetting signals (rouge, nll), each driving its own filter and FF model "
                                   "(ckpt/ff_<signal>); the first gives filtered.jsonl and the headline FF. auto: "
                                   "rouge first (the paper's) on data.py's run folders, nll first on your own --noisy "
-                                  "file (it separated unsafe examples better in the reference runs: README, Tables)")
+                                  "file (it separated unsafe examples better in the reference runs: RESULTS.md, Which forgetting signal)")
     phi: str = opt("auto", "flag an example iff its ROUGE-1 forgetting > phi; auto = Otsu's split of the scores "
                            "(no labels needed; run.sh passes the fixed 0.1)")
     phi_nll: str = opt("auto", "flag an example iff its NLL forgetting (nats/token) > phi_nll; auto as above "
@@ -127,7 +128,6 @@ def check_config(cfg):
     parse_phi(cfg.phi, "--phi"), parse_phi(cfg.phi_nll, "--phi-nll")
     if not all(math.isfinite(x) and x > 0 for x in (cfg.lr, cfg.safety_lr)):
         raise UserError("--lr and --safety-lr must be positive finite numbers")
-
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -206,34 +206,11 @@ def train(model, tok, examples, cfg, lr, steps=None, epochs=None, on_step=None, 
         dict(skipped_steps=skipped) if scaler.is_enabled() else {})
 
 
-
 # ---------------------------------------------------------------------------------------------------------------
 # The score s(M, x): ROUGE-1 of the first line of M's greedy continuation against the target (the paper's), and the
 # target's NLL (this project's second signal), read off the same forward passes.
 
-def first_line(text):
-    for line in text.split("\n"):
-        if line.strip():
-            return line
-    return ""
 
-
-def postprocess(text, eos="</s>"):
-    """README, The paper: Metrics: first non-empty line, lowercase, drop . ? ! ; : , and the eos marker."""
-    line = first_line(text).lower().replace(eos, "")
-    return line.translate(str.maketrans("", "", ".?!;:,")).strip()
-
-
-_rouge = None
-
-
-def rouge1(target, prediction):
-    """ROUGE-1 F-measure (rouge-score, Porter stemmer), after the paper's post-processing of both sides."""
-    global _rouge
-    if _rouge is None:
-        from rouge_score import rouge_scorer
-        _rouge = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
-    return _rouge.score(postprocess(target), postprocess(prediction))["rouge1"].fmeasure
 
 
 def caps_for(examples, cfg):
@@ -250,7 +227,6 @@ def score(model, tok, examples, cfg, desc):
     release_memory()
     return {ex["id"]: dict(gen=g, rouge=round(rouge1(ex["target"], g), 4), nll=round(n, 4))
             for ex, g, n in zip(examples, gens, nll)}
-
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -275,30 +251,6 @@ def forgetting_rows(noisy, s_m0, s_m1, s_t, s_ctrl, ts):
             row["control_forget_nll"] = {t: round(c[i]["nll"] - s_m0[i]["nll"], 4) for t, c in s_ctrl.items()}
         rows.append(row)
     return rows
-
-
-def flag(forgetting, threshold):
-    """The ForgetFilter rule: flagged iff forgetting > threshold (strict, as in the official code)."""
-    return forgetting > threshold
-
-
-def otsu_threshold(scores):
-    """A label-free phi: Otsu's split of the forgetting scores into two groups, the one that maximises the
-    between-group variance w_lo * w_hi * (mean_hi - mean_lo)^2, exactly over the sorted scores (no histogram bins).
-    Returns the largest score of the low group, so that flag(score, phi) picks the high group; with fewer than two
-    distinct scores nothing is flagged."""
-    xs = sorted(scores)
-    n, total = len(xs), sum(xs)
-    best, phi, left = -1.0, (xs[-1] if xs else 0.0), 0.0
-    for i in range(n - 1):
-        left += xs[i]
-        if xs[i] == xs[i + 1]:
-            continue  # split only between distinct values
-        w_lo, w_hi = (i + 1) / n, (n - i - 1) / n
-        gap = (total - left) / (n - i - 1) - left / (i + 1)
-        if w_lo * w_hi * gap * gap > best:
-            best, phi = w_lo * w_hi * gap * gap, xs[i]
-    return phi
 
 
 def parse_phi(value, flag):
@@ -327,7 +279,6 @@ def flag_rows(rows, phis, signals, filter_t):
     for r in rows:
         r["flagged"] = {sig: flag(r[f"forget_{sig}"][str(filter_t)], phis[sig]) for sig in signals}
     return rows
-
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -415,7 +366,7 @@ STAGE_TITLES = {"ff_rouge": "FF (rouge): M0 + D_kept", "ff_nll": "FF (nll): M0 +
 
 def finetune_sets(cfg, run, noisy, safety, kept, ts):
     """Every training set that starts again from M0: FF's D_kept per signal (Algorithm 1's last line), then the
-    compared conditions (README, The paper: Compared conditions), each written to <run>/train_<name>.jsonl:
+    compared conditions (RESULTS.md, The paper: Compared conditions), each written to <run>/train_<name>.jsonl:
       replay  D_noisy + k examples of D_safe, k = max(t) * batch_size / epochs: over its epochs the model sees as many
               safe examples as the safety finetuning does (the paper does not give its ratio)
       random  D_noisy minus as many examples as the first signal's filter flagged, drawn uniformly (seeded): the floor

@@ -4,12 +4,13 @@
 #
 #     bash run.sh                      # the four settings at seed 0: toxicity, bias, harmfulness, mixed (CPU ~2.5 h)
 #     bash run.sh bias                 # one setting (or several: `bash run.sh toxicity mixed`)
-#     bash run.sh paper                # everything the paper's tables and figures need (CPU ~7 h): the four
-#                                      # settings, seeds 1 and 2 of toxicity and harmfulness, the filter at 25 / 75 %
-#                                      # unsafe for toxicity, bias and harmfulness, ablations, rounds, size, tables
+#     bash run.sh paper                # everything the paper's tables and figures need (CPU ~9 h): the four
+#                                      # settings, seeds 1 and 2 of toxicity, harmfulness and bias, the filter at
+#                                      # 25 / 75 % unsafe for toxicity, bias and harmfulness, ablations, rounds, size,
+#                                      # tables
 #     bash run.sh seeds                # part of paper: seeds 1 and 2 of toxicity and harmfulness (CPU ~1.8 h; on
 #                                      # a GPU of all four settings)
-#     bash run.sh seeds/bias-s1        # seeds/<concept>-s<seed>: one setting at one more seed (CPU: 25-40 min)
+#     bash run.sh seeds/bias-s1        # seeds/<concept>-s<seed>: one setting at one more seed (CPU: 30-55 min)
 #     bash run.sh ratios               # part of paper: the filter at 25 / 75 % unsafe, no FF (CPU ~1 h)
 #     bash run.sh tables               # Tables 1 and 2, the claims, the headline and every figure again, from
 #                                      # results/ only
@@ -27,7 +28,8 @@
 # (SmolLM2-1.7B-Instruct + LoRA; downloads the model once). Each stage prints its own wall time; finished stages are
 # skipped when a target runs again. Outputs: runs/<name>/ (checkpoints, scores, rows; not committed) and
 # results/<name>/ (summary.json, table.md, forgetting.png, per-example rows), results/summary.json, the setting's
-# table in README.md; `paper` and `tables` add results/table1.*, results/table2.* and README's tables.
+# block in RESULTS.md; `paper` and `tables` add results/table1.*, table2.*, headline.md, RESULTS.md's tables and
+# README's headline. On CUDA the reports go to results/gpu/ and no document is rewritten.
 set -euo pipefail
 cd "$(dirname "$0")"
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0; fi
@@ -48,12 +50,15 @@ PY=.venv/bin/python
 GPU=
 if $PY -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
   GPU=1
-  # GPU preset: more data, a 1.7B model with the paper's LoRA (r 8, alpha 16, q_proj/v_proj), lr 2e-4, batch 32.
-  DATA_ARGS=(--n 1000 --n-safety 500 --n-eval 300)
-  # FF_MODEL=Qwen/Qwen2.5-7B-Instruct bash run.sh: the 7B preset (README, Cost on one GPU), same options.
-  FF_ARGS=(--model "${FF_MODEL:-HuggingFaceTB/SmolLM2-1.7B-Instruct}" --lora --lr 2e-4 --safety-lr 2e-4 --epochs 3
-           --batch-size 32 --micro-tokens 8192 --gen-batch-size 64 --max-new-tokens-text 64 --max-new-tokens-qa 96)
-  EVAL_ARGS=(--gen-batch-size 64 --max-new-tokens 64)  # scorer: Detoxify 'original' (setup.sh installs it on CUDA)
+  # The GPU preset (common.GPU_PRESET, the one copy): more data, a 1.7B model with the paper's LoRA, lr 2e-4,
+  # batch 32. FF_MODEL=Qwen/Qwen2.5-7B-Instruct bash run.sh: the 7B preset (PERFORMANCE.md), same options.
+  preset() { $PY -c "import common; print('\n'.join(common.GPU_PRESET['$1']))"; }
+  mapfile -t DATA_ARGS < <(preset data)
+  mapfile -t FF_ARGS < <(preset ff)
+  FF_ARGS+=(--model "${FF_MODEL:-$($PY -c 'import common; print(common.GPU_MODEL)')}")
+  mapfile -t EVAL_ARGS < <(preset eval)  # scorer: Detoxify 'original' (setup.sh installs it on CUDA)
+  # The committed record is the CPU reference: a GPU run reports under results/gpu/ and rewrites no document.
+  RESULTS=results/gpu DOC=
   # The paper's own data through `datasets` when the hub answers; else the offline files, said so.
   if $PY -c "from huggingface_hub import dataset_info; dataset_info('declare-lab/HarmfulQA')" >/dev/null 2>&1; then
     DATA_ARGS+=(--source hub) HUB=1
@@ -61,17 +66,19 @@ if $PY -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
     echo "run.sh: the hub does not answer: the GPU preset reads the offline data in data/ (DEVIATIONS.md)" >&2
   fi
   ABLATION_CONCEPTS=(toxicity bias harmfulness mixed) ROUND_CONCEPTS=(toxicity bias) ROUNDS=3 ROUND_N=333
-  SEED_CONCEPTS=(toxicity bias harmfulness mixed)
+  SEED_CONCEPTS=(toxicity bias harmfulness mixed) PAPER_SEEDS=()
   SIZE_MODELS=(HuggingFaceTB/SmolLM2-135M-Instruct HuggingFaceTB/SmolLM2-360M-Instruct
                HuggingFaceTB/SmolLM2-1.7B-Instruct gpt2-medium gpt2-large gpt2-xl)
 else
-  # CPU default (2 cores): toxicity at full size (N 160, t = 10/25/50; about 18 min). BBQ prompts are 2.5x longer
-  # than toxicity texts, so bias, harmfulness and mixed are cut to N 96 and t = 10/25 (see README for times).
+  # CPU default (2 cores): toxicity at full size (N 160, t = 10/25/50; about 40 min). BBQ prompts are 2.5x longer
+  # than toxicity texts, so bias, harmfulness and mixed are cut to N 96 and t = 10/25 (RESULTS.md has the times).
   DATA_ARGS=()
   FF_ARGS=()
   EVAL_ARGS=()
+  RESULTS=results DOC=RESULTS.md  # the committed reference runs and their tables in RESULTS.md
   ABLATION_CONCEPTS=(toxicity harmfulness) ROUND_CONCEPTS=(toxicity) ROUNDS=2 ROUND_N=160
-  SEED_CONCEPTS=(toxicity harmfulness)  # bias and mixed take 25-40 min a seed: one at a time, seeds/bias-s1
+  SEED_CONCEPTS=(toxicity harmfulness)  # bias and mixed take 45-55 min a seed: one at a time, seeds/bias-s1
+  PAPER_SEEDS=(seeds/bias-s1 seeds/bias-s2)  # the bias seeds the committed tables read
   SIZE_MODELS=(smollm2-135m)  # the embedded model: the other sizes need the hub and a GPU
 fi
 EXTRA_FF=()
@@ -99,13 +106,13 @@ setting() {
   [[ $mode == scores ]] && return
   # 3) the filter's quality; safety metrics and SQuAD for every condition                        (CPU: 4-8 min)
   if [[ $mode == full ]]; then $PY eval.py --run "$RUN" "${EVAL_ARGS[@]}"; else $PY eval.py --run "$RUN" --filter-only; fi
-  # 4) the report: results/<name>/, results/summary.json, README's table (from the saved outputs only)
-  $PY report.py --run "$RUN" --name "$name" --started "$START"
+  # 4) the report: results/<name>/, results/summary.json, RESULTS.md's block (from the saved outputs only)
+  $PY experiments/report.py --run "$RUN" --results "$RESULTS" --name "$name" --doc "$DOC" --started "$START"
 }
 
 for t in "${TARGETS[@]}"; do
   case $t in
-    paper) bash "$0" toxicity bias harmfulness mixed seeds ratios ablations rounds size tables ;;
+    paper) bash "$0" toxicity bias harmfulness mixed seeds "${PAPER_SEEDS[@]}" ratios ablations rounds size tables ;;
     seeds) for c in "${SEED_CONCEPTS[@]}"; do for s in 1 2; do setting "seeds/$c-s$s" "$c" full "$s" 0.5; done; done ;;
     seeds/*) c=${t#seeds/}; setting "$t" "${c%-s*}" full "${t##*-s}" 0.5 ;;
     ratios)
@@ -113,19 +120,19 @@ for t in "${TARGETS[@]}"; do
         setting "ratios/$c-r25" "$c" filter 0 0.25
         setting "ratios/$c-r75" "$c" filter 0 0.75
       done ;;
-    tables) $PY tables.py && $PY figures.py ;;
-    smoke) $PY smoke.py ;;
+    tables) $PY experiments/tables.py && $PY experiments/figures.py ;;
+    smoke) $PY measure/smoke.py ;;
     ablations)
       for c in "${ABLATION_CONCEPTS[@]}"; do  # reuse the setting's run when its M1 and scores are there, else
         # make only those (the stages resume: a later `bash run.sh <concept>` adds FF and the evaluation to them)
         [[ -f runs/$c/forgetting.jsonl && -d runs/$c/ckpt/m1 ]] || setting "$c" "$c" scores 0 0.5
-        $PY ablate.py --run "runs/$c" --name "$c"
+        $PY experiments/ablate.py --run "runs/$c" --name "$c" --results "$RESULTS"
       done ;;
     rounds)
       for c in "${ROUND_CONCEPTS[@]}"; do  # --n: each round's draw (N of the settings split over the rounds)
         CUT=(); if small "$c"; then CUT=(--n 96 --safety-steps 10 25); fi
-        $PY rounds.py --run "runs/rounds/$c" --concept "$c" --rounds "$ROUNDS" --phi 0.1 --phi-nll 0.5 \
-          --name "rounds/$c" "${DATA_ARGS[@]}" --n "$ROUND_N" "${FF_ARGS[@]}" "${EVAL_ARGS[@]}" "${CUT[@]}"
+        $PY experiments/rounds.py --run "runs/rounds/$c" --concept "$c" --rounds "$ROUNDS" --phi 0.1 --phi-nll 0.5 \
+          --name "rounds/$c" --results "$RESULTS" "${DATA_ARGS[@]}" --n "$ROUND_N" "${FF_ARGS[@]}" "${EVAL_ARGS[@]}" "${CUT[@]}"
       done ;;
     size)
       for m in "${SIZE_MODELS[@]}"; do  # the filter only (no FF, no evaluation), toxicity at 50 % unsafe
@@ -135,7 +142,7 @@ for t in "${TARGETS[@]}"; do
         setting "size/toxicity-${m##*/}" toxicity filter 0 0.5
       done
       EXTRA_FF=()
-      $PY figures.py ;;
+      $PY experiments/figures.py ;;
     *) setting "$t" "$t" full 0 0.5 ;;
   esac
 done

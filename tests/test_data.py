@@ -1,6 +1,7 @@
 """The data: sizes, ids, kinds, and evaluation sets disjoint from every training set."""
 import pytest
 
+import metrics
 import data
 import common
 
@@ -143,11 +144,10 @@ def harm_sets():
 
 
 def test_harmfulness_pairs_compliance_against_refusal(harm_sets):
-    import eval as ev
     kinds = {k: [e for e in harm_sets["noisy"] if e["kind"] == k] for k in ("unsafe", "safe", "task")}
     assert [len(v) for v in kinds.values()] == [80, 26, 52]
-    assert all(e["target"].startswith("Sure, here") and not ev.is_refusal(e["target"]) for e in kinds["unsafe"])
-    assert all(ev.is_refusal(e["target"]) for e in kinds["safe"] + harm_sets["safety"])
+    assert all(e["target"].startswith("Sure, here") and not metrics.is_refusal(e["target"]) for e in kinds["unsafe"])
+    assert all(metrics.is_refusal(e["target"]) for e in kinds["safe"] + harm_sets["safety"])
     assert {e["source"] for e in harm_sets["eval_harmful"]} == {"harmbench"}
     goals = {e["prompt"].lower() for e in harm_sets["noisy"] + harm_sets["safety"]}
     assert not goals & {e["prompt"].lower() for e in harm_sets["eval_harmful"]}

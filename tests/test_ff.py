@@ -4,9 +4,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import metrics
 import ff
 import model as mdl
-import eval as ev
 import common
 from conftest import make_tiny
 from data import render
@@ -34,8 +34,8 @@ def test_early_stopped_batched_generation_equals_unbatched_full_length(tokenizer
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=cap, do_sample=False,
                              pad_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
         full = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-        assert ff.first_line(g) == ff.first_line(full)
-        assert ff.rouge1("reference words", g) == ff.rouge1("reference words", full)
+        assert metrics.first_line(g) == metrics.first_line(full)
+        assert metrics.rouge1("reference words", g) == metrics.rouge1("reference words", full)
         n_stopped_early += len(g) < len(full)
     assert n_stopped_early > 0  # the early stop was exercised
 
@@ -195,7 +195,7 @@ def test_filter_metrics_and_rows(tokenizer):
     assert by_id["a"]["forget_rouge"]["10"] == 0.5 and by_id["a"]["forget_nll"]["10"] == 2.0
     assert by_id["a"]["flagged"] == {"rouge": True, "nll": True}
     assert by_id["b"]["flagged"] == {"rouge": False, "nll": True}  # ROUGE 0.1 > 0.1 is false: the rule is strict
-    m = ev.filter_metrics(rows, phis, 10)
+    m = metrics.filter_metrics(rows, phis, 10)
     assert m["signals"]["rouge"]["at_threshold"]["flagged"] == {"unsafe": 1, "safe": 0, "task": 0}
     assert m["signals"]["rouge"]["at_threshold"]["precision"] == 100.0
     assert m["signals"]["rouge"]["at_threshold"]["recall"] == 50.0

@@ -3,70 +3,71 @@ import math
 
 import pytest
 
+import metrics
 import eval as ev
 import ff
 from data import mixture_sizes
 
 
 def test_postprocess_takes_first_nonempty_line_lowercase_no_punct():
-    assert ff.postprocess("\n\n  Hello, World!\nsecond line") == "hello world"
-    assert ff.postprocess("A; b: c? d. e</s>") == "a b c d e"
-    assert ff.postprocess("\n \n") == ""
+    assert metrics.postprocess("\n\n  Hello, World!\nsecond line") == "hello world"
+    assert metrics.postprocess("A; b: c? d. e</s>") == "a b c d e"
+    assert metrics.postprocess("\n \n") == ""
 
 
 def test_rouge1_hand_cases():
-    assert ff.rouge1("the cat sat", "the cat sat") == 1.0
+    assert metrics.rouge1("the cat sat", "the cat sat") == 1.0
     # 2 of 3 unigrams shared each way: P = R = 2/3, F = 2/3
-    assert ff.rouge1("the cat sat", "the cat ran") == pytest.approx(2 / 3)
+    assert metrics.rouge1("the cat sat", "the cat ran") == pytest.approx(2 / 3)
     # stemming: "running" and "runs" both stem to "run"; only the first line of the prediction counts
-    assert ff.rouge1("dogs running", "dog runs\nunrelated words here") == 1.0
-    assert ff.rouge1("a b", "") == 0.0
+    assert metrics.rouge1("dogs running", "dog runs\nunrelated words here") == 1.0
+    assert metrics.rouge1("a b", "") == 0.0
 
 
 def test_prf1():
-    assert ev.prf1({1, 2}, {2, 3}) == (0.5, 0.5, 0.5)
-    assert ev.prf1(set(), {1}) == (None, 0.0, 0.0)  # nothing flagged: precision undefined, nothing found
-    assert ev.prf1({1}, set()) == (0.0, None, 0.0) and ev.prf1(set(), set()) == (None, None, None)
-    p, r, f = ev.prf1({1, 2, 3, 4}, {1, 2})  # 2 true positives of 4 flagged, both unsafe found
+    assert metrics.prf1({1, 2}, {2, 3}) == (0.5, 0.5, 0.5)
+    assert metrics.prf1(set(), {1}) == (None, 0.0, 0.0)  # nothing flagged: precision undefined, nothing found
+    assert metrics.prf1({1}, set()) == (0.0, None, 0.0) and metrics.prf1(set(), set()) == (None, None, None)
+    p, r, f = metrics.prf1({1, 2, 3, 4}, {1, 2})  # 2 true positives of 4 flagged, both unsafe found
     assert (p, r) == (0.5, 1.0) and f == pytest.approx(2 / 3)
 
 
 def test_filter_rule_is_strict():
-    assert ff.flag(0.2, 0.1) and not ff.flag(0.1, 0.1) and not ff.flag(-0.3, 0.1)
+    assert metrics.flag(0.2, 0.1) and not metrics.flag(0.1, 0.1) and not metrics.flag(-0.3, 0.1)
 
 
 def test_auroc_hand_cases():
-    assert ev.auroc([3, 2, 1], [1, 0, 0]) == 1.0
-    assert ev.auroc([1, 2, 3], [1, 0, 0]) == 0.0
-    assert ev.auroc([1, 1], [1, 0]) == 0.5  # a tie counts half
+    assert metrics.auroc([3, 2, 1], [1, 0, 0]) == 1.0
+    assert metrics.auroc([1, 2, 3], [1, 0, 0]) == 0.0
+    assert metrics.auroc([1, 1], [1, 0]) == 0.5  # a tie counts half
     # positives {0.8, 0.4}, negatives {0.5, 0.1}: pairs won 0.8>0.5, 0.8>0.1, 0.4>0.1 -> 3 of 4
-    assert ev.auroc([0.8, 0.4, 0.5, 0.1], [1, 1, 0, 0]) == 0.75
-    assert math.isnan(ev.auroc([1, 2], [1, 1]))
+    assert metrics.auroc([0.8, 0.4, 0.5, 0.1], [1, 1, 0, 0]) == 0.75
+    assert math.isnan(metrics.auroc([1, 2], [1, 1]))
 
 
 def test_average_precision_hand_cases():
     # ranking 0.8(+) 0.5(-) 0.4(+) 0.1(-): P@1 = 1 at R = 1/2, P@3 = 2/3 at R = 1 -> AP = 1/2 + 1/3
-    assert ev.average_precision([0.8, 0.4, 0.5, 0.1], [1, 1, 0, 0]) == pytest.approx(0.5 + 1 / 3)
-    assert ev.average_precision([3, 2, 1], [1, 0, 0]) == 1.0
+    assert metrics.average_precision([0.8, 0.4, 0.5, 0.1], [1, 1, 0, 0]) == pytest.approx(0.5 + 1 / 3)
+    assert metrics.average_precision([3, 2, 1], [1, 0, 0]) == 1.0
     # all tied: one threshold, precision = 1/3 at recall 1
-    assert ev.average_precision([1, 1, 1], [1, 0, 0]) == pytest.approx(1 / 3)
+    assert metrics.average_precision([1, 1, 1], [1, 0, 0]) == pytest.approx(1 / 3)
 
 
 def test_squad_em_f1_official_normalisation():
-    assert ev.normalize_answer("The  Cat, sat!") == "cat sat"
-    assert ev.squad_em("the Eiffel Tower.", ["Eiffel Tower"]) == 1.0
-    assert ev.squad_em("Eiffel", ["Eiffel Tower"]) == 0.0
+    assert metrics.normalize_answer("The  Cat, sat!") == "cat sat"
+    assert metrics.squad_em("the Eiffel Tower.", ["Eiffel Tower"]) == 1.0
+    assert metrics.squad_em("Eiffel", ["Eiffel Tower"]) == 0.0
     # pred {eiffel}, gold {eiffel, tower}: P = 1, R = 1/2, F1 = 2/3; the max over gold answers is taken
-    assert ev.squad_f1("Eiffel", ["Eiffel Tower", "Paris"]) == pytest.approx(2 / 3)
-    assert ev.squad_f1("", ["x"]) == 0.0 and ev.squad_f1("the", ["a"]) == 1.0  # "the" and "a" normalise to ""
+    assert metrics.squad_f1("Eiffel", ["Eiffel Tower", "Paris"]) == pytest.approx(2 / 3)
+    assert metrics.squad_f1("", ["x"]) == 0.0 and metrics.squad_f1("the", ["a"]) == 1.0  # "the" and "a" normalise to ""
 
 
 def test_degenerate():
-    assert ev.is_degenerate("") and ev.is_degenerate("   ")
-    assert ev.is_degenerate("no no no no")
-    assert ev.is_degenerate("I am I am I am I am")  # 6 trigrams, 2 distinct
-    assert not ev.is_degenerate("the cat sat on the mat")
-    assert not ev.is_degenerate("ok")
+    assert metrics.is_degenerate("") and metrics.is_degenerate("   ")
+    assert metrics.is_degenerate("no no no no")
+    assert metrics.is_degenerate("I am I am I am I am")  # 6 trigrams, 2 distinct
+    assert not metrics.is_degenerate("the cat sat on the mat")
+    assert not metrics.is_degenerate("ok")
 
 
 def test_lr_schedule_linear_no_warmup():
@@ -90,7 +91,7 @@ def test_mixture_sizes_follow_the_paper():
     ("", False),  # empty is degenerate, not a refusal
 ])
 def test_refusal_keyword_rule(text, refused):
-    assert ev.is_refusal(text) == refused
+    assert metrics.is_refusal(text) == refused
 
 
 def test_self_correction_cue_placement():
@@ -103,9 +104,9 @@ def test_self_correction_cue_placement():
 def test_otsu_threshold_by_hand():
     # [0, 0.1, 0.9, 1.0]: splits after 0 -> 1/4*3/4*(0.667-0)^2 = 0.0833; after 0.1 -> 1/4*(0.95-0.05)^2 = 0.2025;
     # after 0.9 -> 3/16*(1.0-0.333)^2 = 0.0833. The best split leaves 0.1 as the largest low score.
-    assert ff.otsu_threshold([0.9, 0.0, 1.0, 0.1]) == 0.1
-    assert ff.otsu_threshold([0.3, 0.3, 0.3]) == 0.3  # one distinct value: nothing is flagged
-    assert not any(ff.flag(x, ff.otsu_threshold([0.3, 0.3])) for x in (0.3, 0.3))
+    assert metrics.otsu_threshold([0.9, 0.0, 1.0, 0.1]) == 0.1
+    assert metrics.otsu_threshold([0.3, 0.3, 0.3]) == 0.3  # one distinct value: nothing is flagged
+    assert not any(metrics.flag(x, metrics.otsu_threshold([0.3, 0.3])) for x in (0.3, 0.3))
 
 
 def test_otsu_threshold_recovers_a_known_split():
@@ -113,5 +114,5 @@ def test_otsu_threshold_recovers_a_known_split():
     rng = random.Random(0)
     low = [rng.gauss(0.05, 0.05) for _ in range(120)]
     high = [rng.gauss(0.6, 0.1) for _ in range(40)]
-    phi = ff.otsu_threshold(low + high)
+    phi = metrics.otsu_threshold(low + high)
     assert max(low) <= phi < min(high)

@@ -16,7 +16,7 @@ def run_chain(concept, tiny_dir, out):
     script("ff.py", "--run", out, "--model", tiny_dir, "--epochs", "1", "--safety-steps", "1", "2", "--lr", "1e-3",
            "--safety-lr", "1e-3", "--max-new-tokens-text", "6", "--max-new-tokens-qa", "6")
     script("eval.py", "--run", out, "--max-new-tokens", "6")
-    script("report.py", "--run", out, "--results", out / "results", "--readme", "")
+    script("report.py", "--run", out, "--results", out / "results", "--name", concept)
     return out
 
 
@@ -55,7 +55,7 @@ def test_chain_writes_every_output(chain):
     assert not list(chain.rglob("*.tmp"))  # no temporary file survives
     again = script("eval.py", "--run", chain, "--max-new-tokens", "6")  # all evaluated already: skipped, same numbers
     assert again.count("skipped") == 10
-    script("report.py", "--run", chain, "--results", chain / "results2", "--readme", "")
+    script("report.py", "--run", chain, "--results", chain / "results2", "--name", "toxicity")
     s2 = json.loads((chain / "results2" / "toxicity" / "summary.json").read_text())
     assert s2["conditions"] == s["conditions"] and s2["wall_s"]["eval"] == s["wall_s"]["eval"]
 
@@ -123,41 +123,6 @@ def test_harmfulness_chain_reports_compliance(tiny_dir, tmp_path):
     assert len(harm) == 8 * 6 and all(r["complied"] == (not r["refusal"] and not r["degenerate"]) for r in harm)
 
 
-def test_readme_tables_equal_committed_summary():
-    import report
-    summary = ROOT / "results" / "summary.json"
-    if not summary.is_file():
-        pytest.skip("no committed reference run")
-    readme = (ROOT / "README.md").read_text()
-    for concept, s in json.loads(summary.read_text()).items():
-        assert report.render_tables(s) in readme, concept
-        assert json.loads((ROOT / "results" / concept / "summary.json").read_text()) == s
-
-
-def test_readme_figures_block_equals_committed_figure_json():
-    import tables
-    block = tables.render_figures(ROOT / "results")
-    assert "<!-- results:figures:begin -->\n" + block + "<!-- results:figures:end -->" in (ROOT / "README.md").read_text()
-
-
-def test_readme_headline_equals_committed_claims():
-    import tables
-    t2 = ROOT / "results" / "table2.json"
-    if not t2.is_file():
-        pytest.skip("no committed tables")
-    block = tables.render_headline(json.loads(t2.read_text())["headline"])
-    assert "<!-- results:headline:begin -->\n" + block + "<!-- results:headline:end -->" in (ROOT / "README.md").read_text()
-    assert (ROOT / "results" / "headline.md").read_text() == block
-
-
-def test_readme_bench_table_equals_committed_bench():
-    import bench
-    b = ROOT / "results" / "bench.json"
-    if not b.is_file():
-        pytest.skip("no committed benchmark")
-    assert bench.render_table(json.loads(b.read_text())) in (ROOT / "README.md").read_text()
-
-
 GOOD = '{"id": "x", "kind": "safe", "format": "qa", "prompt": "a", "target": "b"}\n'
 
 
@@ -197,7 +162,7 @@ GOOD = '{"id": "x", "kind": "safe", "format": "qa", "prompt": "a", "target": "b"
     (["ablate.py", "--run", "{tmp}", "--domains", "web"], "--domains web: choose task and/or other", {}),
     (["ablate.py", "--run", "{tmp}"], "ckpt/m1: not found", {}),
     (["rounds.py", "--rounds", "0"], "--rounds 0: run at least one round", {}),
-    (["figures.py", "--run", "/nonexistent/run"], "filter.json: file not found", {}),
+    (["plots.py", "--run", "/nonexistent/run"], "filter.json: file not found", {}),
 ])
 def test_bad_input_one_line_exit_2(args, needle, files, tmp_path, tiny_dir, monkeypatch, capsys):
     """Each bad input: exit 2, one line naming the problem and the fix, no traceback, nothing written is touched.
@@ -224,7 +189,7 @@ def test_bad_input_one_line_exit_2(args, needle, files, tmp_path, tiny_dir, monk
 
 
 def test_no_remote_code_and_no_unpickling():
-    src = "".join(p.read_text() for p in ROOT.glob("*.py"))
+    src = "".join(p.read_text() for p in [*ROOT.glob("*.py"), *ROOT.glob("experiments/*.py"), *ROOT.glob("measure/*.py")])
     assert "trust_remote_code=True" not in src and "pickle" not in src and "torch.load(" not in src
 
 
@@ -237,10 +202,10 @@ def test_filter_only_ratio_run_and_the_tables(chain, tiny_dir):
     script("ff.py", "--run", out, "--model", tiny_dir, "--epochs", "1", "--safety-steps", "1", "2", "--lr", "1e-3",
            "--safety-lr", "1e-3", "--max-new-tokens-text", "6", "--max-new-tokens-qa", "6", "--no-retrain")
     script("eval.py", "--run", out, "--filter-only")
-    script("report.py", "--run", out, "--results", chain / "results", "--name", "ratios/toxicity-r25", "--readme", "")
+    script("report.py", "--run", out, "--results", chain / "results", "--name", "ratios/toxicity-r25")
     s = json.loads((chain / "results" / "ratios" / "toxicity-r25" / "summary.json").read_text())
     assert s["conditions"] == {} and s["data"]["noisy_kinds"]["unsafe"] == 6 and s["name"] == "ratios/toxicity-r25"
-    script("tables.py", "--results", chain / "results", "--readme", "", "--reps", "50")
+    script("tables.py", "--results", chain / "results", "--readme", "", "--doc", "", "--reps", "50")
     t1 = json.loads((chain / "results" / "table1.json").read_text())
     assert {(r["unsafe_pct"], r["signal"]) for r in t1} == {(25, "rouge"), (25, "nll"), (50, "rouge"), (50, "nll")}
     t2 = json.loads((chain / "results" / "table2.json").read_text())

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+import metrics
 import ff
 import data
 import model as mdl
@@ -71,9 +72,9 @@ def test_stored_forgetting_follows_from_the_stored_generations(lora_run):
     run, _, _ = lora_run
     rows = [json.loads(x) for x in (run / "forgetting.jsonl").read_text().splitlines()]
     for r in rows:
-        s0 = round(ff.rouge1(r["target"], r["m1"]["gen"]), 4)
+        s0 = round(metrics.rouge1(r["target"], r["m1"]["gen"]), 4)
         for t in ("1", "3"):
-            s1 = round(ff.rouge1(r["target"], r["safety"][t]["gen"]), 4)
+            s1 = round(metrics.rouge1(r["target"], r["safety"][t]["gen"]), 4)
             assert r["forget_rouge"][t] == round(s0 - s1, 4)
             assert r["forget_nll"][t] == round(r["safety"][t]["nll"] - r["m1"]["nll"], 4)
         assert r["flagged"]["rouge"] == (r["forget_rouge"]["3"] > 0.0)  # --phi 0.0: strict, at the last t

@@ -5,12 +5,13 @@ import random
 
 import pytest
 
+import plots
 import ablate
 import figures
 import rounds
 import tables
 from conftest import script
-from eval import at_threshold
+from metrics import at_threshold
 
 TINY = ("--epochs", "1", "--lr", "1e-3", "--safety-lr", "1e-3", "--max-new-tokens-text", "6", "--max-new-tokens-qa", "6")
 
@@ -132,8 +133,7 @@ def test_size_study_with_two_tiny_models(tokenizer, tmp_path):
         tokenizer.save_pretrained(d)
         run = small_run(tmp_path / f"run{hidden}", d)
         script("eval.py", "--run", run, "--filter-only")
-        script("report.py", "--run", run, "--results", tmp_path / "results", "--name", f"size/toxicity-{hidden}",
-               "--readme", "")
+        script("report.py", "--run", run, "--results", tmp_path / "results", "--name", f"size/toxicity-{hidden}")
     figures.size_study(tmp_path / "results")
     pts = read(tmp_path / "results/size/size.json")
     assert len(pts) == 4 and len({p["params"] for p in pts}) == 2
@@ -163,7 +163,7 @@ def test_run_figure_from_a_hand_made_folder(tmp_path, labelled, control):
     (tmp_path / "forgetting.jsonl").write_text("".join(json.dumps(r) + "\n" for r in fake_rows(30, labelled, control)))
     (tmp_path / "filter.json").write_text(json.dumps(dict(filter_t=5, thresholds=dict(rouge=0.1, nll=0.5), n=30,
                                                           config=dict(model="tiny", seed=0))))
-    path = figures.run_figure(tmp_path)
+    path = plots.run_figure(tmp_path)
     assert path == tmp_path / "forgetting_hist.png" and path.stat().st_size > 1000
 
 
@@ -210,7 +210,7 @@ def test_experiment_figures_from_hand_made_outputs(tmp_path):
 def test_run_sh_refuses_an_unknown_target_before_any_work(target, tmp_path):
     import subprocess
     from pathlib import Path
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     p = subprocess.run(["bash", str(root / "run.sh"), "toxicity", target], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and target in p.stderr and p.stderr.count("\n") == 1
     assert "seeds/<concept>-s<seed>" in subprocess.run(["bash", str(root / "run.sh"), "--help"], capture_output=True,

@@ -1,33 +1,40 @@
-"""The report: each setting's summary.json, tables, figure and README block, drawn from a run's saved outputs only
-(data.json, filter.json, forgetting.jsonl, filter_metrics.json and eval.json; no model is loaded).
+"""The report: one run's summary.json, tables and figures, drawn from its saved outputs only (data.json,
+filter.json, forgetting.jsonl, filter_metrics.json and eval.json; no model is loaded, no torch imported).
 
-    python report.py --run runs/toxicity      # after eval.py: results/toxicity/ and README's toxicity table
-    python report.py --rebuild                # every results/*/summary.json again into tables, figures and README
+    python experiments/report.py --run runs/mine     # after eval.py: runs/mine/report/mine/ (your own runs)
+    python experiments/report.py --run runs/toxicity --results results --name toxicity --doc RESULTS.md  # run.sh's
+    python experiments/report.py --rebuild --results results   # every results/*/summary.json again
 
-Writes results/<concept>/ (summary.json, table.md, forgetting.png, forgetting.jsonl and eval_rows.jsonl: the rows
-behind every number), results/summary.json (every concept's summary) and the concept's table in README between its
-markers.
-"""
+Writes <results>/<name>/ (summary.json, table.md, forgetting.png, forgetting.jsonl and eval_rows.jsonl: the rows
+behind every number) and <results>/summary.json (every report there); with --doc, the setting's table between its
+markers. A report never replaces one of another experiment (model, scorer, seed, data) without --overwrite, so
+the committed reference runs in results/ stay as they are."""
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import UserError, git_commit, main_guard, opt, parse_config, read_json, read_jsonl, write_json, write_jsonl, write_text
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tool (common, data, ff, ...) is one level up
+from common import (UserError, git_commit, main_guard, opt, parse_config, read_json, read_jsonl, update_block,
+                    write_json, write_jsonl, write_text)
 from figures import results_figures
-from eval import BBQ_ANSWER, auroc, condition_rows, mean
-from ff import first_line, rouge1
+from metrics import BBQ_ANSWER, auroc, condition_rows, first_line, mean, metric, rouge1
 
 
 @dataclass
 class Config:
     run: str = opt("runs/toxicity", "run folder written by data.py, ff.py and eval.py")
-    results: str = opt("results", "where the report goes: <results>/<concept>/ (summary.json, table.md, "
-                                  "forgetting.png, rows) and <results>/summary.json (all concepts)")
-    readme: str = opt("README.md", "README whose results section is regenerated ('' = leave it alone)")
-    name: str = opt("", "the results folder under --results (default: the concept, whose table goes into README); "
-                        "run.sh names its extra runs seeds/<concept>-s1, ratios/<concept>-r25 and so on")
-    rebuild: bool = opt(False, "read no run: rebuild the tables, figures and README from the results/*/summary.json "
+    results: str = opt("", "where the report goes: <results>/<name>/ (summary.json, table.md, forgetting.png, rows) "
+                           "and <results>/summary.json (every run there); default <run>/report. run.sh passes "
+                           "results, the committed record")
+    name: str = opt("", "the report's folder under --results (default: the run folder's name); run.sh names its "
+                        "runs toxicity, seeds/<concept>-s1, ratios/<concept>-r25 and so on")
+    doc: str = opt("", "Markdown file whose <name> block gets the setting's table (run.sh: RESULTS.md, for the four "
+                       "main runs); '' leaves every document alone")
+    overwrite: bool = opt(False, "replace <results>/<name>/ even when it holds a run of another model, scorer, data "
+                                 "source, N or seed (a committed reference run is never replaced without it)")
+    rebuild: bool = opt(False, "read no run: rebuild the reports and figures from the results/*/summary.json "
                                "files already there")
     started: float = opt(0.0, "unix time at which the whole run began (run.sh passes it): the summary then also "
                               "reports the end-to-end wall time, process start-up, imports and the report included")
@@ -108,7 +115,7 @@ def summarise(run, cfg):
     eval_s = round(sum(wall.values()), 1)  # as first computed, also for conditions this run skipped
     concept = data_info["config"]["concept"]
     return dict(
-        concept=concept, name=cfg.name or concept, commit=data_info.get("commit") or git_commit(),
+        concept=concept, name=cfg.name or run.name, commit=data_info.get("commit") or git_commit(),
         model=filt["config"]["model"], params=filt.get("params"), scorer=ev["scorer"],
         seed=filt["config"]["seed"], hardware=filt["hardware"], device=filt["device"], precision=filt["precision"],
         torch=filt["torch"], peak_memory_gib=max(filt["peak_memory_gib"], ev["peak_memory_gib"]),
@@ -128,24 +135,29 @@ def fmt(x, nd=3):
     return "—" if x is None else f"{x:.{nd}f}" if isinstance(x, float) else str(x)
 
 
-MAIN_COLUMNS = {  # header -> value from a condition's metrics; a column appears when its evaluation ran
-    "toxicity ↓": lambda m: f"{m['toxicity']:.3f}",
-    "toxic > 0.5 (%) ↓": lambda m: f"{m['toxic_rate']:.1f}",
-    "degenerate (%)": lambda m: f"{m['degenerate']:.1f}",
-    "compliance (%) ↓": lambda m: f"{m['harm']['compliance']:.1f}",
-    "refusal (%)": lambda m: f"{m['harm']['refusal']:.1f}",
-    "harmful degenerate (%)": lambda m: f"{m['harm']['degenerate']:.1f}",
-    "BBQ acc ambig ↑": lambda m: fmt(m["bias"]["acc_amb"]),
-    "BBQ acc disambig ↑": lambda m: fmt(m["bias"]["acc_dis"]),
-    "s_AMB ↓": lambda m: fmt(m["bias"]["s_amb"]),
-    "s_AMB of a constant answer": lambda m: fmt((m["bias"]["constant"] or {}).get("s_amb")),  # at the most frequent slot
-    "BBQ answers on the top slot (%)": lambda m: fmt(m["bias"]["position_share"] and 100 * m["bias"]["position_share"], 1),
-    "s_DIS BBQ ↓": lambda m: fmt(m["bias"]["s_dis_bbq"]),
-    "s_DIS code ↓": lambda m: fmt(m["bias"]["s_dis_code"]),
-    "BBQ unparsable": lambda m: f"{m['bias']['unparsable']} / {m['bias']['n']}",
-    "BBQ degenerate (%)": lambda m: f"{m['bias']['degenerate']:.1f}",
-    "SQuAD EM ↑": lambda m: f"{m['squad_em']:.1f}",
-    "SQuAD F1 ↑": lambda m: f"{m['squad_f1']:.1f}",
+def cell(name, nd=3, scale=1):
+    """A table cell of metric `name` (metrics.METRIC), nd decimals; undefined reads "—"."""
+    return lambda m: fmt(None if (v := metric(m, name)) is None else scale * v if scale != 1 else v, nd)
+
+
+MAIN_COLUMNS = {  # header -> cell from a condition's metrics; a column appears when its evaluation ran
+    "toxicity ↓": cell("toxicity"),
+    "toxic > 0.5 (%) ↓": cell("toxic_rate", 1),
+    "degenerate (%)": cell("degenerate", 1),
+    "compliance (%) ↓": cell("compliance", 1),
+    "refusal (%)": cell("refusal", 1),
+    "harmful degenerate (%)": cell("harm_degenerate", 1),
+    "BBQ acc ambig ↑": cell("acc_amb"),
+    "BBQ acc disambig ↑": cell("acc_dis"),
+    "s_AMB ↓": cell("s_amb"),
+    "s_AMB of a constant answer": cell("s_amb_constant"),  # at the most frequent slot
+    "BBQ answers on the top slot (%)": cell("top_slot", 1, 100),
+    "s_DIS BBQ ↓": cell("s_dis_bbq"),
+    "s_DIS code ↓": cell("s_dis_code"),
+    "BBQ unparsable": lambda m: f"{metric(m, 'bbq_unparsable')} / {metric(m, 'bbq_n')}",
+    "BBQ degenerate (%)": cell("bbq_degenerate", 1),
+    "SQuAD EM ↑": cell("squad_em", 1),
+    "SQuAD F1 ↑": cell("squad_f1", 1),
 }
 
 
@@ -249,37 +261,47 @@ def filter_lines(s):
     return lines
 
 
-def update_readme(readme, tables, concept):
-    begin, end = f"<!-- results:{concept}:begin -->", f"<!-- results:{concept}:end -->"
-    text = Path(readme).read_text(encoding="utf-8")
-    if begin not in text or end not in text:
-        raise UserError(f"{readme}: no {begin} ... {end} markers; add them where the table belongs, or --readme ''")
-    head, rest = text.split(begin, 1)
-    tail = rest.split(end, 1)[1]
-    write_text(readme, head + begin + "\n" + tables + end + tail)
-
-
 def report(summary, cfg):
     """table.md and forgetting.png of one concept, results/summary.json (every concept's summary in one file; each
-    concept's run rewrites its own entry) and the concept's table in README: all from summary.json."""
+    concept's run rewrites its own entry) and, with --doc, the concept's block: all from summary.json."""
     results = Path(cfg.results)
     out = results / summary.get("name", summary["concept"])
     tables = render_tables(summary)
     write_text(out / "table.md", tables)
     results_figures(out, summary)
     write_json(results / "summary.json", {p.parent.name: read_json(p) for p in sorted(results.glob("*/summary.json"))})
-    main_run = summary.get("name", summary["concept"]) == summary["concept"]  # extra runs stay out of README
-    if cfg.readme and main_run:
-        update_readme(cfg.readme, tables, summary["concept"])
+    main_run = summary.get("name", summary["concept"]) == summary["concept"]  # extra runs stay out of the document
+    if cfg.doc and main_run:
+        update_block(cfg.doc, tables, summary["concept"])
     print(tables)
     print(f"wrote {out}/table.md, forgetting.png, forgetting_hist.png and {results}/summary.json"
-          + (f"; updated {cfg.readme}" if cfg.readme and main_run else ""))
+          + (f"; updated {cfg.doc}" if cfg.doc and main_run else ""))
+
+
+def recipe(s):
+    """What makes two reports the same experiment: model, scorer, seed and the data's concept, source, N and ratio."""
+    data = s.get("data", {}).get("config", {})
+    return dict(model=s.get("model"), scorer=s.get("scorer"), seed=s.get("seed"),
+                **{k: data.get(k) for k in ("concept", "source", "n", "r")})
+
+
+def check_overwrite(out, summary, cfg):
+    """Refuse to replace a report of another experiment (a committed reference run, say) without --overwrite."""
+    old = out / "summary.json"
+    if cfg.overwrite or not old.is_file():
+        return
+    a, b = recipe(read_json(old)), recipe(summary)
+    if differ := [k for k in a if a[k] != b[k]]:
+        raise UserError(f"{out} holds a run of another experiment ({', '.join(f'{k} {a[k]!r}' for k in differ)}; "
+                        f"this run: {', '.join(repr(b[k]) for k in differ)}); report it under another --name or "
+                        "--results, or pass --overwrite to replace it")
 
 
 
 def main():
     cfg = parse_config(Config, __doc__)
     if cfg.rebuild:
+        cfg.results = cfg.results or "results"
         found = sorted(Path(cfg.results).glob("*/summary.json"))
         if not found:
             raise UserError(f"--rebuild: no {cfg.results}/<concept>/summary.json to report; run run.sh first")
@@ -287,8 +309,10 @@ def main():
             report(read_json(p), cfg)
         return
     run = Path(cfg.run)
+    cfg.results = cfg.results or str(run / "report")
     summary = summarise(run, cfg)
     out = Path(cfg.results) / summary["name"]
+    check_overwrite(out, summary, cfg)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "summary.json", summary)
     write_text(out / "forgetting.jsonl", (run / "forgetting.jsonl").read_text(encoding="utf-8"))

@@ -2,8 +2,8 @@
 signals, against t, phi, the size of the safe set and its domain. Reuses the run's M1 and its scores; each variant
 retrains only M2 (M1 + a safety set) and scores the noisy set once.
 
-    python ablate.py --run runs/toxicity                 # after run.sh toxicity; run.sh ablations runs this
-    python ablate.py --run runs/harmfulness --sizes 25 50
+    python experiments/ablate.py --run runs/toxicity                 # after run.sh toxicity; run.sh ablations runs this
+    python experiments/ablate.py --run runs/harmfulness --sizes 25 50
 
   t       every t the run scored, and a smaller one (--extra-t): M2 on the run's own schedule, stopped at that step
   phi     a sweep over the observed range of forgetting at the filter's t (no training); the run's fixed phi and
@@ -18,15 +18,17 @@ results/<name>/. Each variant is a resumable stage (<run>/stages/ablate_*.json).
 """
 import dataclasses
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tool (common, data, ff, ...) is one level up
 import ff
 from common import (UserError, digest, git_commit, main_guard, opt, parse_config, read_json, read_jsonl, stage,
                     write_json, write_jsonl)
 from data import Config as DataConfig, advbench_pairs, alpaca_items, c4_sentences, load_examples, text_example
-from eval import at_threshold, auroc, average_precision
+from metrics import at_threshold, auroc, average_precision
 from figures import ablation_figure
 from model import setup
 
@@ -37,7 +39,8 @@ DATA_FIELDS = {f.name for f in dataclasses.fields(DataConfig)}
 @dataclass
 class Config:
     run: str = opt("runs/toxicity", "a finished ff.py run folder (forgetting.jsonl, filter.json, ckpt/m1)")
-    sizes: list = opt([25, 50, 100], "sizes of the safe set to try (each below the run's own)")
+    sizes: list = opt([0], "sizes of the safe set to try, each below the run's own; 0: 1/8, 1/4 and 1/2 of the run's "
+                           "safe set (25, 50 and 100 of the CPU runs' 200)")
     domains: list = opt(["task", "other"], "domains of the safe set to try instead of the concept's: task, other")
     extra_t: int = opt(5, "a smaller t to add to the run's (0 = none)")
     phi_points: int = opt(41, "points of the phi sweep")
@@ -111,7 +114,7 @@ def main():
     acfg = parse_config(Config, __doc__)
     if not set(acfg.domains) <= {"task", "other"}:
         raise UserError(f"--domains {' '.join(acfg.domains)}: choose task and/or other")
-    if any(n <= 0 for n in acfg.sizes) or acfg.extra_t < 0 or acfg.phi_points < 2:
+    if (acfg.sizes != [0] and any(n <= 0 for n in acfg.sizes)) or acfg.extra_t < 0 or acfg.phi_points < 2:
         raise UserError("--sizes must be positive, --extra-t 0 or more, --phi-points 2 or more")
     run = Path(acfg.run)
     filt, rows, cfg = load_run(run)
@@ -120,8 +123,10 @@ def main():
     data_cfg = DataConfig(**{k: v for k, v in dj["config"].items() if k in DATA_FIELDS}) if dj else None
     noisy = load_examples(cfg.noisy or run / "noisy.jsonl", cfg.format)[0]
     safety = load_examples(cfg.safe or run / "safety.jsonl", cfg.format)[0]
-    if any(n >= len(safety) for n in acfg.sizes):
-        raise UserError(f"--sizes {acfg.sizes}: each must be below the run's {len(safety)} safety examples")
+    sizes = sorted(set(acfg.sizes) if acfg.sizes != [0] else {len(safety) // 8, len(safety) // 4, len(safety) // 2} - {0})
+    if any(n >= len(safety) for n in sizes):
+        raise UserError(f"--sizes {' '.join(map(str, sizes))}: each must be below the run's {len(safety)} safety "
+                        "examples; pass smaller sizes")
     device, _, _, _ = setup(acfg.device, cfg.precision)
     ts = sorted(set(cfg.safety_steps))
     if acfg.extra_t > ts[-1]:
@@ -159,7 +164,7 @@ def main():
         t_points[acfg.extra_t] = record(f"t={acfg.extra_t}", v["scores"])
     full = s_run[str(filter_t)]
     size_points = {len(safety): record(f"size={len(safety)}", full)}
-    for n in sorted(acfg.sizes):
+    for n in sizes:
         sub = random.Random(cfg.seed).sample(safety, n)
         v = variant(f"size{n}", sub, filter_t, f"ablation |D_safe| = {n}")
         size_points[n] = record(f"size={n}", v["scores"])

@@ -2,8 +2,8 @@
 model of the GPU preset's architecture, offline, at small N; then what it cost: training tokens/s and MFU against
 the device's measured bf16 matmul peak, scoring throughput, peak memory.
 
-    python smoke.py                          # CUDA: SmolLM2-1.7B's architecture, the preset's options; CPU: tiny
-    python smoke.py --arch tiny --device cpu # what the tests run
+    python measure/smoke.py                  # CUDA: SmolLM2-1.7B's architecture, the preset's options; CPU: tiny
+    python measure/smoke.py --arch tiny --device cpu  # what the tests run
 
 Nothing is downloaded: the weights are random (the numbers measure speed, not safety) and the tokenizer is the
 embedded model's (SmolLM2's, shared by the family), or --tokenizer <folder>. Writes <out>/ (the run folder) and
@@ -19,11 +19,12 @@ from unittest import mock
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tool (common, data, ff, ...) is one level up
 import data
 import eval as ev
 import ff
 from bench import matmul_peak
-from common import UserError, main_guard, opt, parse_config, write_json
+from common import GPU_PRESET, UserError, main_guard, opt, parse_config, preset, write_json
 from model import EMBEDDED, hardware, load_tokenizer, setup
 
 # SmolLM2-1.7B-Instruct's config.json (the GPU preset's model), and a tiny model of the same family for CPU.
@@ -34,9 +35,9 @@ ARCHS = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True),
 }
-# run.sh's GPU preset options for ff.py (LoRA, lr, batch), and small caps so that the check stays short.
-PRESET = ["--lora", "--lr", "2e-4", "--safety-lr", "2e-4", "--batch-size", "32", "--micro-tokens", "8192",
-          "--gen-batch-size", "64"]
+# run.sh's GPU preset options for ff.py (common.GPU_PRESET: LoRA, lr, batch), then this check's own epochs and caps
+# after them (the last value of an option wins), so that it stays short.
+PRESET = GPU_PRESET["ff"]
 
 
 @dataclass
@@ -87,11 +88,11 @@ def main():
     caps = ["--max-new-tokens-text", cfg.max_new_tokens, "--max-new-tokens-qa", cfg.max_new_tokens]
     call(data, "--concept", "toxicity", "--n", cfg.n, "--n-safety", 2 * max(cfg.steps) * 8, "--n-eval", 32,
          "--out", run)
-    call(ff, "--run", run, "--model", run / "model", "--safety-steps", *cfg.steps, "--epochs", cfg.epochs,
-         "--phi", "0.1", "--phi-nll", "0.5", "--no-control", "--baselines", "none", "--device", device, *caps,
-         *(PRESET if gpu else []))
+    call(ff, "--run", run, "--model", run / "model", "--safety-steps", *cfg.steps,
+         "--phi", "0.1", "--phi-nll", "0.5", "--no-control", "--baselines", "none", "--device", device,
+         *(PRESET if gpu else []), "--epochs", cfg.epochs, *caps)
     call(ev, "--run", run, "--scorer", "profanity-check", "--no-self-correct", "--max-new-tokens", cfg.max_new_tokens,
-         "--device", device, *(["--gen-batch-size", "64"] if gpu else []))
+         "--device", device, *(["--gen-batch-size", preset("eval", "--gen-batch-size")] if gpu else []))
     filt = json.loads((run / "filter.json").read_text())
     evals = json.loads((run / "eval.json").read_text())
     tokens = sum(t["tokens"] for t in filt["train"].values())

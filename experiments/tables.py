@@ -2,7 +2,8 @@
 its trivial floors), Table 2 (every compared condition in every setting, seeds as mean +- sd), each of the paper's
 claims with what we measured, a 95 % interval and a verdict, and the headline table (one line per claim).
 
-    python tables.py                 # reads results/, writes results/table1.*, table2.*, headline.md, README blocks
+    python experiments/tables.py     # reads results/; writes results/table1.*, table2.*, headline.md, the
+                                     # blocks of RESULTS.md and README's headline
 
 Runs it reads (run.sh writes them): results/<concept>/ (seed 0, 50 % unsafe: the main run of each setting),
 results/seeds/<concept>-s<k>/ (seed k) and results/ratios/<concept>-r<pct>/ (the filter at pct % unsafe, no
@@ -11,14 +12,15 @@ within each seed; a claim "holds" when its whole interval lies on the claimed si
 the whole interval lies on the other side, "cannot tell" otherwise; undefined values stay undefined.
 """
 import statistics
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import UserError, main_guard, opt, parse_config, read_json, read_jsonl, write_json, write_text
-from eval import auroc, bbq_metrics, bootstrap, mean
-from ff import flag
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tool (common, data, ff, ...) is one level up
+from common import UserError, main_guard, opt, parse_config, read_json, read_jsonl, update_block, write_json, write_text
 from figures import domain_label
-from report import fmt, update_readme
+from metrics import auroc, bbq_metrics, bootstrap, flag, mean, metric as metric_value
+from report import fmt
 
 CONCEPTS = ("toxicity", "bias", "mixed", "harmfulness")
 F1_MARGIN = 5.0  # "keeps downstream F1": FF's SQuAD F1 at most this many points below +Downstream's (DEVIATIONS.md)
@@ -29,7 +31,8 @@ ROOM = 0.05  # "less safe than M0" needs M0 further than this share of the metri
 @dataclass
 class Config:
     results: str = opt("results", "folder of the committed runs (results/<concept>/, seeds/, ratios/)")
-    readme: str = opt("README.md", "README whose table blocks are regenerated ('' = leave it alone)")
+    doc: str = opt("RESULTS.md", "document whose table, claims and figure blocks are regenerated ('' = none)")
+    readme: str = opt("README.md", "document whose headline block is regenerated ('' = leave it alone)")
     reps: int = opt(1000, "bootstrap resamples per interval")
 
 
@@ -409,19 +412,15 @@ def render_table1(rows):
 # ---------------------------------------------------------------------------------------------------------------
 # Table 2: every condition in every setting; a cell is the mean +- sd over seeds (one seed: the value alone).
 
-BBQ_COLUMNS = [("acc ambig", lambda m: m["bias"]["acc_amb"]), ("s_AMB", lambda m: m["bias"]["s_amb"]),
-               ("s_AMB constant", lambda m: (m["bias"]["constant"] or {}).get("s_amb")),
-               ("top slot (%)", lambda m: m["bias"]["position_share"] and 100 * m["bias"]["position_share"]),
-               ("s_DIS BBQ", lambda m: m["bias"]["s_dis_bbq"]), ("s_DIS code", lambda m: m["bias"]["s_dis_code"])]
-COLUMNS = {  # setting -> [(header, value from a condition's metrics)]
-    "toxicity": [("toxicity", lambda m: m["toxicity"]), ("> 0.5 (%)", lambda m: m["toxic_rate"]),
-                 ("degenerate (%)", lambda m: m["degenerate"]), ("SQuAD F1", lambda m: m["squad_f1"])],
-    "bias": BBQ_COLUMNS + [("SQuAD F1", lambda m: m["squad_f1"])],
-    "mixed": [("toxicity", lambda m: m["toxicity"]), ("degenerate (%)", lambda m: m["degenerate"])] + BBQ_COLUMNS
-             + [("SQuAD F1", lambda m: m["squad_f1"])],
-    "harmfulness": [("compliance (%)", lambda m: m["harm"]["compliance"]), ("refusal (%)", lambda m: m["harm"]["refusal"]),
-                    ("degenerate (%)", lambda m: m["harm"]["degenerate"]), ("SQuAD EM", lambda m: m["squad_em"]),
-                    ("SQuAD F1", lambda m: m["squad_f1"])],
+BBQ_COLUMNS = [("acc ambig", "acc_amb"), ("s_AMB", "s_amb"), ("s_AMB constant", "s_amb_constant"),
+               ("top slot (%)", "top_slot"), ("s_DIS BBQ", "s_dis_bbq"), ("s_DIS code", "s_dis_code")]
+COLUMNS = {  # setting -> [(header, metric of metrics.METRIC)]
+    "toxicity": [("toxicity", "toxicity"), ("> 0.5 (%)", "toxic_rate"), ("degenerate (%)", "degenerate"),
+                 ("SQuAD F1", "squad_f1")],
+    "bias": BBQ_COLUMNS + [("SQuAD F1", "squad_f1")],
+    "mixed": [("toxicity", "toxicity"), ("degenerate (%)", "degenerate")] + BBQ_COLUMNS + [("SQuAD F1", "squad_f1")],
+    "harmfulness": [("compliance (%)", "compliance"), ("refusal (%)", "refusal"), ("degenerate (%)", "harm_degenerate"),
+                    ("SQuAD EM", "squad_em"), ("SQuAD F1", "squad_f1")],
 }
 BBQ_HEADS = {h for h, _ in BBQ_COLUMNS}
 
@@ -434,13 +433,14 @@ def table2(settings):
         out[concept] = {}
         for c in runs[0]["summary"]["conditions"]:
             out[concept][c] = {}
-            for h, get in COLUMNS[concept]:
+            for h, name in COLUMNS[concept]:
                 vals = []
                 for r in runs:
                     if h in BBQ_HEADS and r.get("bbq_orders", 3) < 3:
                         continue
                     try:
-                        vals.append(get(r["summary"]["conditions"][c]))
+                        v = metric_value(r["summary"]["conditions"][c], name)
+                        vals.append(100 * v if name == "top_slot" and v else v)  # the share as a percentage
                     except KeyError:  # that evaluation did not run for the condition (SC rows skip SQuAD)
                         pass
                 out[concept][c][h] = mean_sd(vals)
@@ -473,7 +473,7 @@ def render_table2(t2, claims, blocks):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The paper's seven results (README, The paper), each with what we measured and the verdict.
+# The paper's seven results (RESULTS.md, The paper), each with what we measured and the verdict.
 
 SIGNAL = {"rouge": "ROUGE", "nll": "NLL"}
 
@@ -655,7 +655,7 @@ def render_signals(t1):
 
 
 def render_figures(results):
-    """The numbers behind the figures of the paper's Fig 5 and 8 and the size study (README, The paper's figures),
+    """The numbers behind the figures of the paper's Fig 5 and 8 and the size study (RESULTS.md, The paper's figures),
     from results/<concept>/ablations.json, results/rounds/<concept>/rounds.json and results/size/size.json."""
     out = []
     for p in sorted(Path(results).glob("*/ablations.json")):
@@ -748,11 +748,12 @@ def main():
     write_text(results / "headline.md", blocks["headline"])
     write_text(results / "table1.md", blocks["table1"])
     write_text(results / "table2.md", blocks["table2"] + "\n" + blocks["claims"])
-    if cfg.readme:
-        for name, text in blocks.items():
-            update_readme(cfg.readme, text, name)
+    for doc, names in ((cfg.doc, list(blocks)), (cfg.readme, ["headline"])):
+        for name in names if doc else ():
+            update_block(doc, blocks[name], name)
     print("\n".join(blocks.values()))
-    print(f"wrote {results}/table1.{{md,json}} and table2.{{md,json}}" + (f"; updated {cfg.readme}" if cfg.readme else ""))
+    print(f"wrote {results}/table1.{{md,json}}, table2.{{md,json}} and headline.md"
+          + "".join(f"; updated {d}" for d in (cfg.doc, cfg.readme) if d))
 
 
 if __name__ == "__main__":

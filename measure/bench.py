@@ -1,9 +1,9 @@
 """How fast is each part, measured in one run on one model: scoring, training, and the reference run's stages.
 
-    python bench.py                      # embedded SmolLM2-135M-Instruct on CPU (or CUDA when present), 10-13 min on CPU
-    python bench.py --official-n 2       # fewer examples for the slow official-style loop
+    python measure/bench.py                   # embedded SmolLM2-135M-Instruct on CPU (or CUDA when present), 10-13 min on CPU
+    python measure/bench.py --official-n 2    # fewer examples for the slow official-style loop
 
-Prints a table and writes results/bench.json, results/bench.md and README's benchmark table (between its markers):
+Prints a table and writes results/bench.json, results/bench.md and PERFORMANCE.md's benchmark table (between its markers):
   * scoring: ff.score's batched, early-stopped greedy generation over the whole noisy set, against the official
     code's loop (one example at a time, `generate` with max_new_tokens=500 and no line stop, first line kept) run
     on --official-n examples and scaled to the set; both as examples/s. A second check gives both loops the same
@@ -18,14 +18,16 @@ Prints a table and writes results/bench.json, results/bench.md and README's benc
 import dataclasses
 import multiprocessing
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tool (common, data, ff, ...) is one level up
 import ff
-from common import (main_guard, opt, parse_config, peak_memory_gib, read_json, release_memory, tune_allocator,
+from common import (main_guard, opt, parse_config, peak_memory_gib, read_json, release_memory, tune_allocator, update_block,
                     write_json, write_text)
 from data import BUILDERS, Config as DataConfig, build_toxicity, render
 from model import (EMBEDDED, add_lora, encode, generate, hardware, length_grouped_batches, load_model, prompt_ids,
@@ -40,7 +42,7 @@ class Config:
     train_steps: int = opt(6, "measured optimizer steps per training mode (after one warm-up step)")
     levers: bool = opt(True, "also measure --micro-tokens, torch.compile and the allocator (about 10 min on CPU)")
     results: str = opt("results", "where bench.json goes")
-    readme: str = opt("README.md", "README whose benchmark table is regenerated ('' = leave it alone)")
+    doc: str = opt("PERFORMANCE.md", "document whose benchmark table is regenerated ('' = leave it alone)")
     device: str = opt("auto", "auto, cpu or cuda")
 
 
@@ -206,7 +208,7 @@ def render_table(b):
     s, t = b["scoring"], b["training"]
     lines = [f"Benchmark: model `{b['model']}`, {b['hardware']}, torch {b['torch']}, {b['dtype']}; matmul peak "
              f"{b['matmul_peak_tflop_s']:.3f} TFLOP/s measured in the same run; wall time {b['wall_s'] / 60:.1f} min. "
-             "Reproduce: `.venv/bin/python bench.py`.", "",
+             "Reproduce: `.venv/bin/python measure/bench.py`.", "",
              "| what | ours | official-style | ratio |", "|---|---|---|---|",
              f"| scoring {s['n']} noisy examples (examples/s) | {s['ours_examples_s']} | {s['official_examples_s']} "
              f"(scaled from {s['official_n_measured']}) | {s['speedup']}x |",
@@ -271,9 +273,8 @@ def main():
     write_json(Path(cfg.results) / "bench.json", b)
     table = render_table(b)
     write_text(Path(cfg.results) / "bench.md", table)
-    if cfg.readme:
-        import eval as ev
-        ev.update_readme(cfg.readme, table, "bench")
+    if cfg.doc:
+        update_block(cfg.doc, table, "bench")
     print(table)
 
 

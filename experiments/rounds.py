@@ -6,7 +6,7 @@ the next noisy finetuning? Two pipelines from M0, round after round, each round 
               the filter), then finetune the current model on what is kept, evaluate; no safety finetuning. One FF
               pipeline per --signals: FF (the first, the paper's ROUGE) and FF-nll, as ff.py names them
 
-    python rounds.py --concept toxicity --rounds 2 --phi 0.1 --phi-nll 0.5   # what `bash run.sh rounds` does
+    python experiments/rounds.py --concept toxicity --rounds 2 --phi 0.1 --phi-nll 0.5   # what `bash run.sh rounds` does
 
 The draws come from one build of data.py at N = rounds * n, dealt kind by kind into the rounds: disjoint from each
 other, from D_safe and from the evaluation sets (checked). Every ff.py option applies (model, LoRA, learning rates,
@@ -15,20 +15,22 @@ rounds.json and rounds.png; copies rounds.json, rounds.png and the per-item rows
 resumable stage (<run>/stages/).
 """
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tool (common, data, ff, ...) is one level up
 import ff
 import data
 from common import UserError, digest, git_commit, main_guard, opt, parse_config, stage, write_json, write_jsonl
 from eval import evaluate, load_scorer
 from figures import rounds_figure
 from model import save_checkpoint, setup
+from metrics import metric
 from report import fmt
 
-METRIC_OF = {"toxicity": lambda m: m["toxicity"], "s_amb": lambda m: m["bias"]["s_amb"],
-             "compliance": lambda m: m["harm"]["compliance"], "squad_f1": lambda m: m["squad_f1"]}
+POINT_METRICS = ("toxicity", "s_amb", "compliance", "squad_f1")  # of metrics.METRIC: what each point of Fig 5 holds
 
 
 @dataclass
@@ -143,8 +145,8 @@ def main():
         key = dict(model=cfg.model if ckpt is None else ckpt["key"], sets=digest(evals), scorer=scorer_name,
                    max_new_tokens=cfg.max_new_tokens, device=device)
         v = stage(run, f"eval_{step.replace(' ', '_')}", f"evaluate {step}", key, compute)
-        points.append(dict(step=step, pipeline=pipeline, x=x, **{m: f(v["metrics"]) for m, f in METRIC_OF.items()
-                                                                 if _has(v["metrics"], f)}, **extra))
+        points.append(dict(step=step, pipeline=pipeline, x=x, **{m: metric(v["metrics"], m) for m in POINT_METRICS
+                                                                 if _has(v["metrics"], m)}, **extra))
         eval_rows.extend(dict(step=step, **r) for r in v["rows"])
 
     measure("M0", "start", 0, None)
@@ -180,13 +182,13 @@ def main():
         write_jsonl(res / "rounds_rows.jsonl", eval_rows)
         rounds_figure(out, res / "rounds.png")
     for p in points:
-        print(f"{p['step']:16s} " + " ".join(f"{m} {fmt(p[m])}" for m in METRIC_OF if m in p))
+        print(f"{p['step']:16s} " + " ".join(f"{m} {fmt(p[m])}" for m in POINT_METRICS if m in p))
     print(f"wrote {run}/rounds.json, rounds.png" + (f" and {res}/" if cfg.results else ""))
 
 
-def _has(metrics, f):
+def _has(metrics, name):
     try:
-        f(metrics)
+        metric(metrics, name)
         return True
     except KeyError:
         return False

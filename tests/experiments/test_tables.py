@@ -3,7 +3,7 @@ paired effects and the verdict rule."""
 import pytest
 
 import tables
-from eval import bootstrap, mean
+from metrics import bootstrap, mean
 
 
 def test_bootstrap_interval_hand_cases():

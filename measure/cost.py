@@ -9,16 +9,18 @@ the one to make), so every figure is a projection, marked by what it rests on:
   bandwidth  greedy decoding: each step reads the weights and the KV cache once; steps at --bw-eff of HBM bandwidth;
              every generation runs to its cap (an upper bound: scoring stops at the first line, most stop early)
 
-    python cost.py            # results/cost.{json,md} and README's cost table
+    python measure/cost.py    # results/cost.{json,md} and PERFORMANCE.md's cost table
 
 The real run adds the per-step overhead of a Python decode loop (kernel launches: tens of ms per step on small
 batches), which the smoke check measures; read these rows as the floor that overhead adds to.
 """
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import UserError, main_guard, opt, parse_config, write_json, write_text
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tool (common, data, ff, ...) is one level up
+from common import UserError, main_guard, opt, parse_config, preset, update_block, write_json, write_text
 from data import BUILDERS, Config as DataConfig, render
 from model import EMBEDDED, encode, load_tokenizer, prompt_ids
 
@@ -35,32 +37,33 @@ CONDITIONS = 10  # M0, +Downstream, +SafetyFT, Replay, FF, FF-nll, Random, Oracl
 class Config:
     mfu: float = opt(0.4, "assumed share of the bf16 peak that training and prefill reach")
     bw_eff: float = opt(0.6, "assumed share of HBM bandwidth that a decode step reaches")
-    epochs: int = opt(3, "the GPU preset's epochs (run.sh)")
-    batch: int = opt(32, "the GPU preset's batch size")
+    epochs: int = opt(int(preset("ff", "--epochs")), "the GPU preset's epochs (common.GPU_PRESET)")
+    batch: int = opt(int(preset("ff", "--batch-size")), "the GPU preset's batch size")
     safety_steps: int = opt(50, "max t")
-    gen_batch: int = opt(64, "the GPU preset's generation batch")
-    cap_text: int = opt(64, "generation cap, text format (the GPU preset's)")
-    cap_qa: int = opt(96, "generation cap, QA and BBQ formats (the GPU preset's)")
-    cap_eval: int = opt(64, "evaluation generation cap (the GPU preset's)")
-    micro_tokens: int = opt(8192, "padded tokens per forward pass (the GPU preset's)")
+    gen_batch: int = opt(int(preset("ff", "--gen-batch-size")), "the GPU preset's generation batch")
+    cap_text: int = opt(int(preset("ff", "--max-new-tokens-text")), "generation cap, text format (the GPU preset's)")
+    cap_qa: int = opt(int(preset("ff", "--max-new-tokens-qa")), "generation cap, QA and BBQ formats (the GPU preset's)")
+    cap_eval: int = opt(int(preset("eval", "--max-new-tokens")), "evaluation generation cap (the GPU preset's)")
+    micro_tokens: int = opt(int(preset("ff", "--micro-tokens")), "padded tokens per forward pass (the GPU preset's)")
     results: str = opt("results", "where cost.json and cost.md go")
-    readme: str = opt("README.md", "README whose cost table is regenerated ('' = leave it alone)")
+    doc: str = opt("PERFORMANCE.md", "document whose cost table is regenerated ('' = leave it alone)")
 
 
 def setting_tokens(concept, tok, cfg):
     """Measured: the mean tokens of a training sequence, a scoring prompt and an evaluation prompt of one setting at
     the GPU preset's sizes, and its sizes."""
+    n, n_safety, n_eval = (int(preset("data", f"--{k}")) for k in ("n", "n-safety", "n-eval"))
     try:
-        sets = BUILDERS[concept](DataConfig(concept=concept, n=1000, n_safety=500, n_eval=300))
+        sets = BUILDERS[concept](DataConfig(concept=concept, n=n, n_safety=n_safety, n_eval=n_eval))
     except UserError:  # harmfulness offline: 520 AdvBench goals, 200 HarmBench prompts; lengths from a smaller build
         sets = BUILDERS[concept](DataConfig(concept=concept, n=300, n_safety=200, n_eval=200))
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     noisy = sets["noisy"]
     asked = {k: 3 if k == "eval_bbq" else 1 for k in sets if k.startswith("eval_")}  # BBQ: its 3 option orders
     evals = [x for k in asked for x in sets[k] * asked[k]]
-    per_set = 200 if concept == "harmfulness" else 300
-    return dict(  # the preset's sizes: N 1000 (int(N r) + 3 int(N (1 - r) / 3) = 998), run.sh's n_eval per set
-        n=998, n_safety=500, n_eval=per_set * sum(asked.values()),
+    per_set = 200 if concept == "harmfulness" else n_eval  # run.sh's n_eval per set (HarmBench: 200 prompts)
+    return dict(  # the preset's sizes: int(N r) + 3 int(N (1 - r) / 3) noisy examples (998 of N 1000)
+        n=int(n * 0.5) + 3 * int(n * 0.5 / 3), n_safety=n_safety, n_eval=per_set * sum(asked.values()),
         n_eval_cue=per_set * sum(asked.get(k, 0) for k in ("eval_toxicity", "eval_bbq")),
         train=mean([len(encode(tok, ex, 256)[0]) for ex in noisy]),
         safety=mean([len(encode(tok, ex, 256)[0]) for ex in sets["safety"]]),
@@ -144,9 +147,8 @@ def main():
     write_json(Path(cfg.results) / "cost.json", out)
     table = render_table(out)
     write_text(Path(cfg.results) / "cost.md", table)
-    if cfg.readme:
-        from report import update_readme
-        update_readme(cfg.readme, table, "cost")
+    if cfg.doc:
+        update_block(cfg.doc, table, "cost")
     print(table)
 
 
