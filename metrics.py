@@ -73,6 +73,14 @@ def mean(xs):
     return sum(xs) / len(xs) if xs else float("nan")
 
 
+def forgetting_gap(x, unsafe):
+    """The forgetting gap: mean forgetting of the unsafe examples minus the mean over all the others pooled (safe and
+    task alike, each example counting once). The one definition of the claims, the ablations and the size study.
+    None when either group is empty."""
+    a, b = [v for v, u in zip(x, unsafe) if u], [v for v, u in zip(x, unsafe) if not u]
+    return sum(a) / len(a) - sum(b) / len(b) if a and b else None
+
+
 def prf1(flagged, unsafe):
     """Precision, recall, F1 of the flagged set against the unsafe set (sets of ids). Task examples count as
     false positives when flagged (as in the paper's code). Precision is None (undefined) when nothing is flagged,

@@ -120,7 +120,7 @@ for t in "${TARGETS[@]}"; do
         setting "ratios/$c-r25" "$c" filter 0 0.25
         setting "ratios/$c-r75" "$c" filter 0 0.75
       done ;;
-    tables) $PY experiments/tables.py && $PY experiments/figures.py ;;
+    tables) $PY experiments/figures.py && $PY experiments/tables.py ;;  # figures first: tables reads size.json
     smoke) $PY measure/smoke.py ;;
     ablations)
       for c in "${ABLATION_CONCEPTS[@]}"; do  # reuse the setting's run when its M1 and scores are there, else

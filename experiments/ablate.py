@@ -28,7 +28,7 @@ import ff
 from common import (UserError, digest, git_commit, main_guard, opt, parse_config, read_json, read_jsonl, stage,
                     write_json, write_jsonl)
 from data import Config as DataConfig, advbench_pairs, alpaca_items, c4_sentences, load_examples, text_example
-from metrics import at_threshold, auroc, average_precision
+from metrics import at_threshold, auroc, average_precision, forgetting_gap
 from figures import ablation_figure
 from model import setup
 
@@ -80,10 +80,9 @@ def point(rows, s1, phis, kinds):
         a = at_threshold(rows, x, phis[sig], kinds)
         by = {k: round(sum(v for v, r in zip(x, rows) if r["kind"] == k) / sum(r["kind"] == k for r in rows), 4)
               for k in kinds}  # the domain ablation's question: does forgetting spread over every kind?
-        rest = [v for k, v in by.items() if k != "unsafe"]
         out[sig] = dict(auroc=round(auroc(x, labels), 4), ap=round(average_precision(x, labels), 4),
                         precision=a["precision"], recall=a["recall"], f1=a["f1"], mean_by_kind=by,
-                        gap=round(by["unsafe"] - sum(rest) / len(rest), 4))
+                        gap=round(forgetting_gap(x, labels), 4))
     return out
 
 
@@ -110,12 +109,38 @@ def load_run(run):
     return filt, rows, cfg
 
 
+def variant(run, cfg, device, m1_key, noisy, name, examples, t, title):
+    """M2' = M1 + `examples` on the run's safety schedule (max t steps), stopped at step t; the noisy set's scores
+    there. A resumable stage, keyed on the run's M1 and the examples."""
+    schedule = max(cfg.safety_steps)
+
+    def compute():
+        model, tok = ff.load_m0(cfg, device, run / "ckpt/m1")
+        store = {}
+        ff.train(model, tok, examples, cfg, cfg.safety_lr, steps=schedule, until=t, desc=title,
+                 on_step=ff.scores_at(store, model, tok, noisy, cfg, title, [t]))
+        return dict(scores=store[str(t)], n=len(examples))
+    key = dict(m1=m1_key, examples=digest([ex["id"] for ex in examples]), t=t, schedule=schedule,
+               safety_lr=cfg.safety_lr, device=device, precision=cfg.precision)
+    return stage(run, f"ablate_{name}", title, key, compute)["scores"]
+
+
+def measured(name, rows, scores, phis, kinds):
+    """A variant's point (point() of its scores) and its per-example rows for ablation_rows.jsonl."""
+    per_example = [dict(variant=name, id=r["id"], kind=r["kind"],
+                        forget_rouge=round(r["m1"]["rouge"] - scores[r["id"]]["rouge"], 4),
+                        forget_nll=round(scores[r["id"]]["nll"] - r["m1"]["nll"], 4)) for r in rows]
+    return point(rows, scores, phis, kinds), per_example
+
+
 def main():
     acfg = parse_config(Config, __doc__)
     if not set(acfg.domains) <= {"task", "other"}:
         raise UserError(f"--domains {' '.join(acfg.domains)}: choose task and/or other")
     if (acfg.sizes != [0] and any(n <= 0 for n in acfg.sizes)) or acfg.extra_t < 0 or acfg.phi_points < 2:
         raise UserError("--sizes must be positive, --extra-t 0 or more, --phi-points 2 or more")
+
+    # 1. The run: its options, rows, thresholds, M1 and data; every check before any training
     run = Path(acfg.run)
     filt, rows, cfg = load_run(run)
     dj = read_json(run / "data.json") if (run / "data.json").is_file() else None
@@ -133,52 +158,51 @@ def main():
         raise UserError(f"--extra-t {acfg.extra_t}: must lie within the run's safety schedule (t up to {ts[-1]})")
     filter_t, phis = filt["filter_t"], filt["thresholds"]
     kinds = [k for k in ("unsafe", "safe", "task") if any(r["kind"] == k for r in rows)]
-    taken = {ex["id"] for ex in noisy + safety}
     m1_key = digest(read_json(run / "stages/m1.json")["key"])  # what produced the M1 every variant starts from
-
-    def variant(name, examples, t, title):
-        """M2' = M1 + `examples` on the run's safety schedule (max t steps), stopped at step t; the noisy set's
-        scores there. A resumable stage, keyed on the run's M1 and the examples."""
-        def compute():
-            model, tok = ff.load_m0(cfg, device, run / "ckpt/m1")
-            store = {}
-            ff.train(model, tok, examples, cfg, cfg.safety_lr, steps=ts[-1], until=t, desc=title,
-                     on_step=ff.scores_at(store, model, tok, noisy, cfg, title, [t]))
-            return dict(scores=store[str(t)], n=len(examples))
-        key = dict(m1=m1_key, examples=digest([ex["id"] for ex in examples]), t=t, schedule=ts[-1],
-                   safety_lr=cfg.safety_lr, device=device, precision=cfg.precision)
-        return stage(run, f"ablate_{name}", title, key, compute)
-
-    t0, ab_rows = time.time(), []
+    t0 = time.time()
     s_run = {t: {r["id"]: r["safety"][t] for r in rows} for t in rows[0]["safety"]}  # the run's own M2 scores
-
-    def record(variant_name, scores):
-        ab_rows.extend(dict(variant=variant_name, id=r["id"], kind=r["kind"],
-                            forget_rouge=round(r["m1"]["rouge"] - scores[r["id"]]["rouge"], 4),
-                            forget_nll=round(scores[r["id"]]["nll"] - r["m1"]["nll"], 4)) for r in rows)
-        return point(rows, scores, phis, kinds)
-
-    t_points = {int(t): record(f"t={t}", s) for t, s in s_run.items()}
-    if acfg.extra_t and acfg.extra_t not in t_points:
-        v = variant(f"t{acfg.extra_t}", safety, acfg.extra_t, f"ablation t = {acfg.extra_t}")
-        t_points[acfg.extra_t] = record(f"t={acfg.extra_t}", v["scores"])
     full = s_run[str(filter_t)]
-    size_points = {len(safety): record(f"size={len(safety)}", full)}
+    # each measured point: (axis, label, n of the safety set, variant name, scores of the noisy set after it)
+    measured_at = []
+
+    # 2. t: every t the run scored (no training), and --extra-t (M2 stopped earlier)
+    for t, s in s_run.items():
+        measured_at.append(("t", int(t), None, f"t={t}", s))
+    if acfg.extra_t and str(acfg.extra_t) not in s_run:
+        measured_at.append(("t", acfg.extra_t, None, f"t={acfg.extra_t}",
+                            variant(run, cfg, device, m1_key, noisy, f"t{acfg.extra_t}", safety, acfg.extra_t,
+                                    f"ablation t = {acfg.extra_t}")))
+
+    # 3. The size of D_safe: the run's own, and seeded samples of it
+    measured_at.append(("size", len(safety), None, f"size={len(safety)}", full))
     for n in sizes:
         sub = random.Random(cfg.seed).sample(safety, n)
-        v = variant(f"size{n}", sub, filter_t, f"ablation |D_safe| = {n}")
-        size_points[n] = record(f"size={n}", v["scores"])
-    domain_points = [dict(domain=concept + " (the run)", n=len(safety), **record("domain=concept", full))]
+        measured_at.append(("size", n, None, f"size={n}",
+                            variant(run, cfg, device, m1_key, noisy, f"size{n}", sub, filter_t, f"ablation |D_safe| = {n}")))
+
+    # 4. The domain of D_safe: the run's concept, then as many safe examples from each other domain
+    measured_at.append(("domain", concept + " (the run)", len(safety), "domain=concept", full))
+    taken = {ex["id"] for ex in noisy + safety}
     for d in acfg.domains:
         examples = other_domain(concept, d, len(safety), cfg.seed, taken, data_cfg)
-        v = variant(f"domain_{d}", examples, filter_t, f"ablation D_safe from {d}")
-        domain_points.append(dict(domain=d, n=len(examples), **record(f"domain={d}", v["scores"])))
+        measured_at.append(("domain", d, len(examples), f"domain={d}",
+                            variant(run, cfg, device, m1_key, noisy, f"domain_{d}", examples, filter_t,
+                                    f"ablation D_safe from {d}")))
 
+    # 5. Every point's metrics, the phi sweep (no training), ablations.json, its rows and its figure
+    ab_rows, axes = [], {"t": {}, "size": {}, "domain": []}
+    for axis, x, n, name, scores in measured_at:
+        p, per_example = measured(name, rows, scores, phis, kinds)
+        ab_rows += per_example
+        if axis == "domain":
+            axes["domain"].append(dict(domain=x, n=n, **p))
+        else:
+            axes[axis][x] = p
     ab = dict(concept=concept, model=cfg.model, seed=cfg.seed, filter_t=filter_t, thresholds=phis,
               commit=git_commit(), wall_s=round(time.time() - t0, 1),
-              t=[dict(x=t, **p) for t, p in sorted(t_points.items())],
+              t=[dict(x=t, **p) for t, p in sorted(axes["t"].items())],
               phi={sig: phi_sweep(rows, sig, str(filter_t), phis[sig], acfg.phi_points, kinds) for sig in phis},
-              size=[dict(x=n, **p) for n, p in sorted(size_points.items())], domain=domain_points)
+              size=[dict(x=n, **p) for n, p in sorted(axes["size"].items())], domain=axes["domain"])
     write_json(run / "ablations.json", ab)
     write_jsonl(run / "ablation_rows.jsonl", ab_rows)
     ablation_figure(ab, run / "ablations.png")
@@ -191,7 +215,7 @@ def main():
         print(f"{key:6s} " + " | ".join(f"{p['x']}: AUROC rouge {p['rouge']['auroc']:.3f} nll {p['nll']['auroc']:.3f}"
                                         for p in ab[key]))
     print("domain " + " | ".join(f"{p['domain']}: AUROC rouge {p['rouge']['auroc']:.3f} nll {p['nll']['auroc']:.3f}"
-                                 for p in domain_points))
+                                 for p in ab["domain"]))
     print(f"wrote {run}/ablations.json, ablations.png" + (f" and {out}/" if acfg.results else ""))
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tool (common, data, ff, ...) is one level up
 from common import main_guard, opt, parse_config, read_json, read_jsonl, write_json
+from metrics import forgetting_gap
 from plots import COLORS, forgetting_hist, pyplot, save
 
 
@@ -140,7 +141,7 @@ def rounds_figure(rj, path):
 def size_points(results):
     """One point per run of the size study (results/size/<concept>-<model>/, run.sh size; the toxicity setting's run
     stands for its model when the study has no run of it) per signal: concept, model, parameter count, AUROC and the
-    unsafe-minus-rest forgetting gap at the filter's t."""
+    forgetting gap (metrics.forgetting_gap, from the run's forgetting.jsonl) at the filter's t."""
     points, seen = [], set()
     for p in sorted(Path(results).glob("size/*/summary.json")) + [Path(results) / "toxicity/summary.json"]:
         s = read_json(p) if p.is_file() else {}  # the toxicity setting: the embedded model's point, if not above
@@ -148,12 +149,12 @@ def size_points(results):
             continue
         seen.add((s["model"], s["concept"]))
         t = str(s["filter"]["filter_t"])
+        rows = read_jsonl(p.parent / "forgetting.jsonl", required=("kind", "forget_rouge", "forget_nll"))
         for sig, d in s["filter"]["signals"].items():
-            by = d["by_t"][t]["mean_by_kind"]
-            rest = [v for k, v in by.items() if k != "unsafe"]
+            gap = forgetting_gap([r[f"forget_{sig}"][t] for r in rows], [r["kind"] == "unsafe" for r in rows])
             points.append(dict(concept=s["concept"], model=s["model"], params=s["params"], signal=sig,
                                name=s.get("name", s["concept"]), seed=s["seed"], auroc=d["by_t"][t]["auroc"],
-                               gap=round(by["unsafe"] - sum(rest) / len(rest), 4), commit=s.get("commit")))
+                               gap=round(gap, 4), commit=s.get("commit")))
     return points
 
 

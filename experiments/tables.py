@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tool (common, data, ff, ...) is one level up
 from common import UserError, main_guard, opt, parse_config, read_json, read_jsonl, update_block, write_json, write_text
 from figures import domain_label
-from metrics import auroc, bbq_metrics, bootstrap, flag, mean, metric as metric_value
+from metrics import auroc, bbq_metrics, bootstrap, flag, forgetting_gap, mean, metric as metric_value
 from report import fmt
 
 CONCEPTS = ("toxicity", "bias", "mixed", "harmfulness")
@@ -281,9 +281,7 @@ def forgetting_effect(runs, sig, reps, stat_name):
         xs, ys = [x for x, _ in rows], [y for _, y in rows]
         if not 0 < sum(ys) < len(ys):
             return None
-        if stat_name == "auroc":
-            return auroc(xs, ys)
-        return mean(x for x, y in rows if y) - mean(x for x, y in rows if not y)
+        return auroc(xs, ys) if stat_name == "auroc" else forgetting_gap(xs, ys)
 
     def stat(draw):
         vs = [one([groups[g][i] for i in ix]) for g, ix in draw]
@@ -654,21 +652,36 @@ def render_signals(t1):
     return "\n".join(lines) + "\n", nll_wins, len(pairs)
 
 
+GAP = "unsafe's mean forgetting minus the mean of every other example's"  # metrics.forgetting_gap
+
+
+def ablation_gaps(path):
+    """{variant: {signal: forgetting gap}} from ablation_rows.jsonl, the per-example forgetting of every variant."""
+    by = {}
+    for r in read_jsonl(path, required=("variant", "kind", "forget_rouge", "forget_nll")):
+        by.setdefault(r["variant"], []).append(r)
+    return {v: {sig: forgetting_gap([r[f"forget_{sig}"] for r in rs], [r["kind"] == "unsafe" for r in rs])
+                for sig in ("rouge", "nll")} for v, rs in by.items()}
+
+
 def render_figures(results):
     """The numbers behind the figures of the paper's Fig 5 and 8 and the size study (RESULTS.md, The paper's figures),
     from results/<concept>/ablations.json, results/rounds/<concept>/rounds.json and results/size/size.json."""
     out = []
     for p in sorted(Path(results).glob("*/ablations.json")):
         ab = read_json(p)
+        gaps = ablation_gaps(p.parent / "ablation_rows.jsonl")
         out += [f"**Ablations, {ab['concept']}** ({ab['model']}, seed {ab['seed']}, commit {ab['commit']}, "
                 f"{ab['wall_s'] / 60:.1f} min; filter at t = {ab['filter_t']}, phi rouge {ab['thresholds']['rouge']:g}"
-                f", nll {ab['thresholds']['nll']:g}; gap: unsafe's mean forgetting minus the mean of the other kinds' means)", "",
+                f", nll {ab['thresholds']['nll']:g}; gap: {GAP})", "",
                 "| variant | ROUGE AUROC | ROUGE F1 | ROUGE gap | NLL AUROC | NLL F1 | NLL gap |",
                 "|---|---|---|---|---|---|---|"]
-        variants = [(f"t = {q['x']}", q) for q in ab["t"]] + [(f"&#124;D_safe&#124; = {q['x']}", q) for q in ab["size"]]
-        variants += [(f"D_safe from {domain_label(ab['concept'], q['domain'])}, n {q['n']}", q) for q in ab["domain"]]
-        for name, q in variants:
-            out.append(f"| {name} | " + " | ".join(f"{q[sig]['auroc']:.3f} | {q[sig]['f1']:.1f} | {q[sig]['gap']:.3f}"
+        variants = [(f"t = {q['x']}", f"t={q['x']}", q) for q in ab["t"]]
+        variants += [(f"&#124;D_safe&#124; = {q['x']}", f"size={q['x']}", q) for q in ab["size"]]
+        variants += [(f"D_safe from {domain_label(ab['concept'], q['domain'])}, n {q['n']}",
+                      "domain=concept" if i == 0 else f"domain={q['domain']}", q) for i, q in enumerate(ab["domain"])]
+        for name, v, q in variants:
+            out.append(f"| {name} | " + " | ".join(f"{q[sig]['auroc']:.3f} | {q[sig]['f1']:.1f} | {gaps[v][sig]:.3f}"
                                                     for sig in ("rouge", "nll")) + " |")
         for sig, sw in ab["phi"].items():
             best = max(sw["points"], key=lambda q: q["f1"])
@@ -696,7 +709,7 @@ def render_figures(results):
             for f in rj["filters"]) + ".\n")
     size = Path(results) / "size/size.json"
     if size.is_file():
-        out += ["**Model size** (gap: unsafe's mean forgetting minus the mean of the other kinds' means, at the filter's t)", "",
+        out += [f"**Model size** (gap: {GAP}, at the filter's t)", "",
                 "| model | parameters | signal | AUROC | gap | run (commit) |", "|---|---|---|---|---|---|"]
         out += [f"| {q['model']} | {q['params'] / 1e6:.0f}M | {q['signal']} | {q['auroc']:.3f} | {q['gap']:.3f} | "
                 f"{q['name']} ({q['commit']}) |" for q in read_json(size)]

@@ -116,3 +116,13 @@ def test_otsu_threshold_recovers_a_known_split():
     high = [rng.gauss(0.6, 0.1) for _ in range(40)]
     phi = metrics.otsu_threshold(low + high)
     assert max(low) <= phi < min(high)
+
+
+def test_forgetting_gap_pools_every_other_example():
+    # unsafe 1, 3 (mean 2); the rest 0, 0 (safe) and 3 (task) pooled: mean 1, so the gap is 1. Averaging the kinds'
+    # means instead (safe 0, task 3: 1.5) would give 0.5: the pooled definition is the one used everywhere.
+    x, unsafe = [1, 3, 0, 0, 3], [True, True, False, False, False]
+    assert metrics.forgetting_gap(x, unsafe) == pytest.approx(1.0)
+    assert metrics.forgetting_gap([0.2, -0.1], [True, False]) == pytest.approx(0.3)
+    assert metrics.forgetting_gap([1, 2], [False, False]) is None
+    assert metrics.forgetting_gap([1, 2], [True, True]) is None

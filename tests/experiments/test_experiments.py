@@ -40,10 +40,16 @@ def test_ablations_cover_t_size_and_domain(ablated):
     assert [p["x"] for p in ab["t"]] == [1, 2, 3] and [p["x"] for p in ab["size"]] == [4, 8, 16]
     assert [d["domain"] for d in ab["domain"]] == ["toxicity (the run)", "task", "other"]
     assert all(d["n"] == 16 for d in ab["domain"])
-    for p in ab["t"] + ab["size"] + ab["domain"]:
+    gaps = tables.ablation_gaps(ablated / "ablation_rows.jsonl")  # what RESULTS.md's ablation tables show
+    names = [f"t={p['x']}" for p in ab["t"]] + [f"size={p['x']}" for p in ab["size"]]
+    names += ["domain=concept"] + [f"domain={d['domain']}" for d in ab["domain"][1:]]
+    kinds = [json.loads(line)["kind"] for line in (ablated / "forgetting.jsonl").read_text().splitlines()]
+    n = {k: kinds.count(k) for k in ("safe", "task")}
+    for name, p in zip(names, ab["t"] + ab["size"] + ab["domain"]):
         assert set(p["rouge"]) == {"auroc", "ap", "precision", "recall", "f1", "mean_by_kind", "gap"}
-        by = p["nll"]["mean_by_kind"]
-        assert p["nll"]["gap"] == pytest.approx(by["unsafe"] - (by["safe"] + by["task"]) / 2, abs=2e-4)
+        by = p["nll"]["mean_by_kind"]  # the gap pools safe and task examples: each counts once, not each kind
+        pooled = by["unsafe"] - (by["safe"] * n["safe"] + by["task"] * n["task"]) / (n["safe"] + n["task"])
+        assert p["nll"]["gap"] == pytest.approx(pooled, abs=2e-4) == pytest.approx(gaps[name]["nll"], abs=1e-4)
     filt = read(ablated / "filter.json")
     assert ab["t"][-1]["rouge"]["f1"] == ab["size"][-1]["rouge"]["f1"]  # both are the run's own M2 at t = 3
     rows = read(ablated / "results/toxicity/ablations.json")
@@ -199,6 +205,12 @@ def test_experiment_figures_from_hand_made_outputs(tmp_path):
                                                 for p in size])):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(obj))
+    # the gaps come from the per-example rows: unsafe forgets 0.3, the rest 0.1 (gap 0.2)
+    variants = ["t=1", "t=5", "size=10", "size=20", "domain=concept", "domain=task"]
+    (res / "toxicity/ablation_rows.jsonl").write_text("".join(
+        json.dumps(dict(variant=v, id=str(i), kind=k, forget_rouge=0.3 if k == "unsafe" else 0.1,
+                        forget_nll=0.3 if k == "unsafe" else 0.1)) + "\n"
+        for v in variants for i, k in enumerate(["unsafe", "unsafe", "safe", "task", "task"])))
     block = tables.render_figures(res)
     assert "| t = 5 | 0.700 | 44.4 | 0.200 | 0.700 | 44.4 | 0.200 |" in block and "1.5 min" in block
     assert "| FF r1 | ff |  | 0.150 | 41.0 |" in block and "FF round 1 (rouge > 0.1): 3 of 12 flagged, 2 of 6 unsafe" in block
