@@ -41,6 +41,33 @@ class Config:
 
 STALE = []  # runs left out: made by code older than these tables (no commit recorded); `bash run.sh paper` redoes them
 ONE_ORDER = []  # runs whose BBQ items were asked in one order of their options: left out of every BBQ number
+OTHER_GROUP = []  # runs of another group than their setting's main run: never averaged with it
+GROUPS = {}  # concept: the group its tables read
+
+
+def group_of(summary):
+    """What must be equal for two runs to be seeds of one experiment: the model, the toxicity scorer, the data's
+    source and its size N (the unsafe fraction r is Table 1's axis; the seed is what varies). scorer: None for a run
+    that evaluated no toxicity."""
+    d = summary["data"]["config"]
+    return dict(model=summary["model"], scorer=summary.get("scorer"), source=d.get("source", "offline"), n=d["n"])
+
+
+def group_label(g):
+    return (f"{g['model']}, {g['source']} data, N {g['n']}" + (f", scorer {g['scorer']}" if g["scorer"] else ""))
+
+
+def in_group(concept, run):
+    """True if the run belongs to its setting's group: the group of results/<concept>/, else of the first run read.
+    A run of another group is left out (OTHER_GROUP), so that no table averages over two models or datasets."""
+    g, ref = group_of(run["summary"]), GROUPS.setdefault(concept, group_of(run["summary"]))
+    if not ref["scorer"]:
+        ref["scorer"] = g["scorer"]
+    # a run without an evaluation (the ratio runs score only the filter) has no scorer: nothing to differ in
+    if any(g[k] != ref[k] for k in ("model", "source", "n")) or (g["scorer"] and g["scorer"] != ref["scorer"]):
+        OTHER_GROUP.append(f"{run['dir']} ({group_label(g)})")
+        return False
+    return True
 
 
 def read_run(d):
@@ -81,7 +108,7 @@ def load_setting(results, concept):
     forgetting rows)]."""
     runs = []
     for d in [results / concept] + sorted((results / "seeds").glob(f"{concept}-s*")):
-        if (run := read_run(d)) is None:
+        if (run := read_run(d)) is None or not in_group(concept, run):
             continue
         rows = item_rows(read_jsonl(d / "eval_rows.jsonl", required=("condition", "eval", "id")), "condition")
         run["bbq_orders"] = min((len(u) for c in rows.values() for u in c.get("bbq", [])), default=0)
@@ -342,7 +369,7 @@ def ratio_runs(results, concept):
     by = {}
     dirs = [results / concept] + sorted((results / "seeds").glob(f"{concept}-s*"))
     for d in dirs + sorted((results / "ratios").glob(f"{concept}-r*")):
-        if (run := read_run(d)) is not None:
+        if (run := read_run(d)) is not None and in_group(concept, run):
             by.setdefault(round(100 * run["summary"]["data"]["config"]["r"]), []).append(run)
     return sorted(by.items())
 
@@ -727,12 +754,17 @@ def provenance(settings, ratios):
     stale = f" Left out (older code, to be run again): {', '.join(sorted(set(STALE)))}." if STALE else ""
     one = (f" Left out of every BBQ number (asked in one order of the options; to be run again): "
            f"{', '.join(sorted(set(ONE_ORDER)))}." if ONE_ORDER else "")
-    return "Runs read: " + ", ".join(names) + "." + stale + one
+    groups = "; ".join(f"{c}: {group_label(g)}" for c, g in GROUPS.items() if c in settings)
+    other = (f" Left out as another group (model, data or scorer) than their setting's: "
+             f"{', '.join(sorted(set(OTHER_GROUP)))}." if OTHER_GROUP else "")
+    return f"Runs read ({groups}): " + ", ".join(names) + "." + stale + one + other
 
 
 def main():
     cfg = parse_config(Config, __doc__)
     results = Path(cfg.results)
+    for found in (STALE, ONE_ORDER, OTHER_GROUP, GROUPS):
+        found.clear()  # what an earlier call in this process found
     settings = {c: runs for c in CONCEPTS if (runs := load_setting(results, c))}
     if not settings:
         raise UserError(f"{results}: no <concept>/summary.json made by the current code"

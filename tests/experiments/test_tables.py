@@ -199,3 +199,34 @@ def test_bbq_rows_are_grouped_per_item_and_pairing_is_checked():
     runs = [dict(rows={"FF": rows([0.1, 0.2]), "+Downstream": rows([0.1, 0.2, 0.3])})]
     with pytest.raises(tables.UserError, match="different toxicity items"):
         tables.effect(runs, "toxicity", "FF", "+Downstream", reps=10)
+
+
+def test_tables_never_average_two_groups(tmp_path):
+    """A GPU run (1.7B, Detoxify, the hub's data, N 1000) beside the committed CPU seeds is left out and named; the
+    table over the CPU seeds is what it was without it."""
+    import json
+    import shutil
+    from pathlib import Path
+    from conftest import script
+    root = Path(__file__).resolve().parents[2] / "results"
+    if not (root / "seeds/toxicity-s1/summary.json").is_file():
+        pytest.skip("no committed toxicity seeds")
+    cpu, both = tmp_path / "cpu", tmp_path / "both"
+    for res in (cpu, both):
+        shutil.copytree(root / "toxicity", res / "toxicity")
+        shutil.copytree(root / "seeds/toxicity-s1", res / "seeds/toxicity-s1")
+    gpu = both / "seeds/toxicity-s3"
+    shutil.copytree(root / "seeds/toxicity-s1", gpu)
+    s = json.loads((gpu / "summary.json").read_text())
+    s |= dict(model="HuggingFaceTB/SmolLM2-1.7B-Instruct", scorer="detoxify-original-0.5.4", seed=3)
+    s["data"]["config"] |= dict(source="hub", n=1000)
+    s["conditions"]["FF"]["toxicity"] = 0.9  # a number that would move the mean if it were averaged in
+    (gpu / "summary.json").write_text(json.dumps(s))
+    cells = {}
+    for res in (cpu, both):
+        out = script("tables.py", "--results", res, "--doc", "", "--readme", "", "--reps", "20")
+        cells[res.name] = json.loads((res / "table2.json").read_text())["cells"]["toxicity"]
+    assert cells["both"] == cells["cpu"] and cells["cpu"]["FF"]["toxicity"]["seeds"] == 2
+    assert "Left out as another group" in out and "toxicity-s3 (HuggingFaceTB/SmolLM2-1.7B-Instruct, hub data, " \
+        "N 1000, scorer detoxify-original-0.5.4)" in out
+    assert "Runs read (toxicity: smollm2-135m, offline data, N 160" in out
