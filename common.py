@@ -23,6 +23,7 @@ from pathlib import Path
 # The GPU preset, per script: run.sh passes these on CUDA; measure/smoke.py runs the chain with them and
 # measure/cost.py projects their cost. SmolLM2-1.7B-Instruct with the paper's LoRA (r 8, alpha 16, q_proj/v_proj),
 # lr 2e-4, batch 32; FF_MODEL=<hub id> bash run.sh swaps the model (Qwen/Qwen2.5-7B-Instruct: the 7B preset).
+DEVICES = ("auto", "cpu", "cuda")  # --device of every script
 GPU_MODEL = "HuggingFaceTB/SmolLM2-1.7B-Instruct"
 GPU_PRESET = {
     "data": ["--n", "1000", "--n-safety", "500", "--n-eval", "300"],
@@ -55,14 +56,33 @@ def main_guard(fn):
         die(str(e))
 
 
-def opt(default, help):
-    """A Config field with its --help text. Lists become `nargs='+'`."""
-    return field(default_factory=lambda: list(default), metadata={"help": help}) if isinstance(default, list) \
-        else field(default=default, metadata={"help": help})
+def opt(default, help, lo=None, hi=None, gt=None, lt=None, choices=None):
+    """A Config field with its --help text and the values it accepts: lo <= x <= hi, gt < x < lt (numbers, or each
+    element of a list), or one of `choices`. parse_config enforces them; tests/test_options.py tries a value outside
+    each, so every numeric option must declare its range. Lists become `nargs='+'`."""
+    meta = dict(help=help, lo=lo, hi=hi, gt=gt, lt=lt, choices=choices)
+    return field(default_factory=lambda: list(default), metadata=meta) if isinstance(default, list) \
+        else field(default=default, metadata=meta)
+
+
+def check_option(f, value):
+    """Raise UserError (one line) if `value` is outside what field f declares."""
+    m, flag = f.metadata, "--" + f.name.replace("_", "-")
+    for x in value if isinstance(value, list) else [value]:
+        if m.get("choices") is not None and x not in m["choices"]:
+            raise UserError(f"{flag} {x}: choose one of {', '.join(map(str, m['choices']))}")
+        if isinstance(x, (int, float)) and not isinstance(x, bool):
+            if x != x or x in (float("inf"), float("-inf")):
+                raise UserError(f"{flag} {x}: must be a finite number")
+            for bound, bad, words in (("lo", lambda b: x < b, "at least"), ("hi", lambda b: x > b, "at most"),
+                                      ("gt", lambda b: x <= b, "above"), ("lt", lambda b: x >= b, "below")):
+                if m.get(bound) is not None and bad(m[bound]):
+                    raise UserError(f"{flag} {x}: must be {words} {m[bound]}")
 
 
 def parse_config(cls, doc, argv=None):
-    """Build argparse from a Config dataclass: every field is a --flag with its default and help shown."""
+    """Build argparse from a Config dataclass: every field is a --flag with its default and help shown; every value
+    is checked against the field's declared range or choices (one line, exit 2, before any work)."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
@@ -74,7 +94,10 @@ def parse_config(cls, doc, argv=None):
         else:
             kw["type"] = type(default)
         p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **kw)
-    return cls(**vars(p.parse_args(argv)))
+    cfg = cls(**vars(p.parse_args(argv)))
+    for f in dataclasses.fields(cls):
+        check_option(f, getattr(cfg, f.name))
+    return cfg
 
 
 
@@ -153,12 +176,20 @@ def update_block(doc, text, name):
     write_text(doc, head + begin + "\n" + text + end + rest.split(end, 1)[1])
 
 
+def _dumps(path, obj, **kw):
+    """JSON without NaN or infinity: such a number in a row is a bug upstream, and JSON readers disagree on it."""
+    try:
+        return json.dumps(obj, ensure_ascii=False, allow_nan=False, **kw)
+    except ValueError:
+        raise ValueError(f"{path}: a NaN or infinite number in what was to be written; nothing written") from None
+
+
 def write_json(path, obj):
-    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    write_text(path, _dumps(path, obj, indent=2) + "\n")
 
 
 def write_jsonl(path, rows):
-    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_text(path, "".join(_dumps(path, r) + "\n" for r in rows))
 
 
 

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import (UserError, digest, main_guard, opt, parse_config, peak_memory_gib, read_json, read_jsonl,
+from common import (DEVICES, UserError, digest, main_guard, opt, parse_config, peak_memory_gib, read_json, read_jsonl,
                     write_json, write_jsonl)
 from data import BBQ_CHOOSE, bbq_prompt, check_disjoint, render
 from metrics import (bbq_metrics, bbq_positions, condition_rows, filter_metrics, first_line, is_degenerate, is_refusal,
@@ -66,18 +66,21 @@ def conditions(signals, self_correct=False, baselines=()):
     return out
 
 
+SCORERS = ("auto", "detoxify", "profanity-check")  # --scorer
+
+
 @dataclass
 class Config:
     run: str = opt("runs/toxicity", "run folder written by data.py and ff.py")
     scorer: str = opt("auto", "toxicity scorer: auto (Detoxify 'original' if it loads, else profanity-check), "
-                              "detoxify, or profanity-check")
+                              "detoxify, or profanity-check", choices=SCORERS)
     self_correct: bool = opt(True, "also evaluate SC and FF+SC: +Downstream and FF with the paper's self-correction "
                                    "cue (toxicity and BBQ sets only; --no-self-correct to skip)")
     filter_only: bool = opt(False, "measure the filter only (precision, recall, F1, AUROC, AP from forgetting.jsonl; "
                                    "needs labels) and evaluate no model")
-    gen_batch_size: int = opt(32, "prompts per generation batch")
-    max_new_tokens: int = opt(32, "generation cap for continuations and answers")
-    device: str = opt("auto", "auto, cpu or cuda")
+    gen_batch_size: int = opt(32, "prompts per generation batch", lo=1)
+    max_new_tokens: int = opt(32, "generation cap for continuations and answers", lo=1)
+    device: str = opt("auto", "auto, cpu or cuda", choices=DEVICES)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -85,7 +88,7 @@ class Config:
 
 def load_scorer(name):
     """Returns (scorer name, texts -> list of toxicity probabilities)."""
-    if name not in ("auto", "detoxify", "profanity-check"):
+    if name not in SCORERS:
         raise UserError(f"--scorer {name}: choose auto, detoxify or profanity-check")
     if name in ("auto", "detoxify"):
         try:  # the paper's scorer; offline it needs DETOXIFY_CHECKPOINT (a local .ckpt) and DETOXIFY_CONFIG (a dir)

@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from common import (UserError, check_writable, clean_leftovers, digest, main_guard, opt, parse_config,
+from common import (DEVICES, UserError, check_writable, clean_leftovers, digest, main_guard, opt, parse_config,
                     peak_memory_gib, release_memory, stage, write_json, write_jsonl, write_text)
 from data import TEMPLATES, load_examples, render
 from metrics import flag, otsu_threshold, rouge1
@@ -61,28 +61,30 @@ class Config:
     noisy: str = opt("", "your noisy set D_noisy: JSON Lines with prompt and target, optional id and label "
                          "(unsafe | safe | task, for the filter metrics only)")
     safe: str = opt("", "your safe set D_safe for the safety finetuning, in the same format")
-    format: str = opt("qa", "prompt template for lines without a format field: qa, text, bbq, or raw (as is)")
+    format: str = opt("qa", "prompt template for lines without a format field: qa, text, bbq, or raw (as is)",
+                      choices=tuple(TEMPLATES))
     model: str = opt(EMBEDDED, f"M0: '{EMBEDDED}' (embedded, offline), a hub id, or a local checkpoint folder")
     lora: bool = opt(False, "train LoRA adapters (r, alpha, dropout below; q_proj and v_proj, or GPT-2's c_attn) "
                             "instead of all weights")
-    lora_r: int = opt(8, "LoRA rank (paper: 8)")
-    lora_alpha: int = opt(16, "LoRA alpha (paper: 16)")
-    lora_dropout: float = opt(0.05, "LoRA dropout (paper: 0.05)")
-    lr: float = opt(1e-4, "peak learning rate, linear decay to 0, no warmup (paper: 2e-4 with LoRA)")
-    epochs: int = opt(5, "epochs over D_noisy for M1 and over D_kept for FF")
-    batch_size: int = opt(8, "examples per optimizer step")
+    lora_r: int = opt(8, "LoRA rank (paper: 8)", lo=1)
+    lora_alpha: int = opt(16, "LoRA alpha (paper: 16)", gt=0)
+    lora_dropout: float = opt(0.05, "LoRA dropout (paper: 0.05)", lo=0, lt=1)
+    lr: float = opt(1e-4, "peak learning rate, linear decay to 0, no warmup (paper: 2e-4 with LoRA)", gt=0)
+    epochs: int = opt(5, "epochs over D_noisy for M1 and over D_kept for FF", lo=1)
+    batch_size: int = opt(8, "examples per optimizer step", lo=1)
     micro_tokens: int = opt(256, "padded tokens per forward pass at most: each optimizer batch runs in as few passes "
                                  "as fit (toxicity batches of 8: 1-2 passes; BBQ: 2-4); bounds the activation memory "
-                                 "(512: up to 25 %% faster on 2 CPU cores for up to 0.5 GiB more)")
-    grad_clip: float = opt(1.0, "clip the gradient norm to this (0 = off)")
-    max_len: int = opt(256, "truncate training sequences to this many tokens")
-    safety_steps: list = opt([10, 25, 50], "t: score the noisy set after each of these safety-finetuning steps")
-    safety_lr: float = opt(5e-5, "learning rate of the safety finetuning (linear decay over max(t) steps)")
-    filter_t: int = opt(0, "t whose forgetting drives the filter (0 = the last of --safety-steps)")
+                                 "(512: up to 25 %% faster on 2 CPU cores for up to 0.5 GiB more)", lo=1)
+    grad_clip: float = opt(1.0, "clip the gradient norm to this (0 = off)", lo=0)
+    max_len: int = opt(256, "truncate training sequences to this many tokens", lo=2)
+    safety_steps: list = opt([10, 25, 50], "t: score the noisy set after each of these safety-finetuning steps", lo=1)
+    safety_lr: float = opt(5e-5, "learning rate of the safety finetuning (linear decay over max(t) steps)", gt=0)
+    filter_t: int = opt(0, "t whose forgetting drives the filter (0 = the last of --safety-steps)", lo=0)
     signals: list = opt(["auto"], "forgetting signals (rouge, nll), each driving its own filter and FF model "
                                   "(ckpt/ff_<signal>); the first gives filtered.jsonl and the headline FF. auto: "
                                   "rouge first (the paper's) on data.py's run folders, nll first on your own --noisy "
-                                  "file (it separated unsafe examples better in the reference runs: RESULTS.md, Which forgetting signal)")
+                                  "file (it separated unsafe examples better in the reference runs: RESULTS.md, "
+                                  "Which forgetting signal)", choices=("auto", "rouge", "nll"))
     phi: str = opt("auto", "flag an example iff its ROUGE-1 forgetting > phi; auto = Otsu's split of the scores "
                            "(no labels needed; run.sh passes the fixed 0.1)")
     phi_nll: str = opt("auto", "flag an example iff its NLL forgetting (nats/token) > phi_nll; auto as above "
@@ -94,40 +96,26 @@ class Config:
     baselines: list = opt(["replay", "random", "oracle"], "compared conditions, trained from M0 like FF ('none' = "
                           "skip): replay (D_noisy with safe examples mixed in), random (D_noisy minus as many random "
                           "examples as FF drops: the floor), oracle (minus exactly the unsafe ones: the ceiling; "
-                          "labelled data only)")
-    gen_batch_size: int = opt(32, "prompts per greedy-generation batch")
-    max_new_tokens_text: int = opt(32, "generation cap for the text (toxicity) format")
-    max_new_tokens_qa: int = opt(48, "generation cap for the QA format")
-    seed: int = opt(0, "seed of initialisation order, batch order and LoRA init")
-    device: str = opt("auto", "auto, cpu or cuda")
+                          "labelled data only)", choices=("replay", "random", "oracle", "none"))
+    gen_batch_size: int = opt(32, "prompts per greedy-generation batch", lo=1)
+    max_new_tokens_text: int = opt(32, "generation cap for the text (toxicity) format", lo=1)
+    max_new_tokens_qa: int = opt(48, "generation cap for the QA format", lo=1)
+    seed: int = opt(0, "seed of initialisation order, batch order and LoRA init", lo=0)
+    device: str = opt("auto", "auto, cpu or cuda", choices=DEVICES)
     precision: str = opt("auto", "training precision: auto (bf16 autocast on CUDA, fp16 + GradScaler where bf16 is "
-                                 "missing; fp32 on CPU), fp32, bf16 or fp16 (autocast on CPU too)")
+                                 "missing; fp32 on CPU), fp32, bf16 or fp16 (autocast on CPU too)", choices=PRECISIONS)
 
 
 def check_config(cfg):
+    """What the options' declared ranges (parse_config) cannot say: --signals auto, each signal once, --filter-t
+    among the t, and phi a number or auto."""
     if cfg.signals == ["auto"]:
         cfg.signals = ["nll", "rouge"] if cfg.noisy else ["rouge", "nll"]
-    if not set(cfg.signals) <= {"rouge", "nll"} or len(set(cfg.signals)) != len(cfg.signals):
-        raise UserError(f"--signals {' '.join(cfg.signals)}: choose rouge and/or nll, each once")
-    if not set(cfg.baselines) <= {"replay", "random", "oracle", "none"}:
-        raise UserError(f"--baselines {' '.join(cfg.baselines)}: choose from replay, random and oracle, or none")
-    if any(t <= 0 for t in cfg.safety_steps):
-        raise UserError("--safety-steps: every t must be a positive number of steps")
+    if "auto" in cfg.signals or len(set(cfg.signals)) != len(cfg.signals):
+        raise UserError(f"--signals {' '.join(cfg.signals)}: choose rouge and/or nll, each once (or auto alone)")
     if cfg.filter_t and cfg.filter_t not in cfg.safety_steps:
         raise UserError(f"--filter-t {cfg.filter_t}: must be one of --safety-steps {cfg.safety_steps}")
-    if cfg.batch_size <= 0 or cfg.micro_tokens <= 0:
-        raise UserError("--batch-size and --micro-tokens must be positive")
-    if cfg.epochs <= 0:
-        raise UserError(f"--epochs {cfg.epochs}: M1 and FF train for at least one epoch; pass 1 or more")
-    if cfg.max_len < 2:
-        raise UserError(f"--max-len {cfg.max_len}: a sequence needs room for a prompt and a target; pass 32 or more")
-    if cfg.precision not in PRECISIONS:
-        raise UserError(f"--precision {cfg.precision}: choose one of {', '.join(PRECISIONS)}")
-    if cfg.format not in TEMPLATES:
-        raise UserError(f"--format {cfg.format!r}: choose one of {', '.join(TEMPLATES)}")
     parse_phi(cfg.phi, "--phi"), parse_phi(cfg.phi_nll, "--phi-nll")
-    if not all(math.isfinite(x) and x > 0 for x in (cfg.lr, cfg.safety_lr)):
-        raise UserError("--lr and --safety-lr must be positive finite numbers")
 
 
 # ---------------------------------------------------------------------------------------------------------------

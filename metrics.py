@@ -47,7 +47,11 @@ def otsu_threshold(scores):
     """A label-free phi: Otsu's split of the forgetting scores into two groups, the one that maximises the
     between-group variance w_lo * w_hi * (mean_hi - mean_lo)^2, exactly over the sorted scores (no histogram bins).
     Returns the largest score of the low group, so that flag(score, phi) picks the high group; with fewer than two
-    distinct scores nothing is flagged."""
+    distinct scores nothing is flagged. A NaN would sort anywhere and split nothing: refused."""
+    bad = sum(not math.isfinite(x) for x in scores)
+    if bad:
+        raise ValueError(f"otsu_threshold: {bad} of {len(scores)} scores are NaN or infinite; an example without a "
+                         "target token inside --max-len has no NLL (the scripts that score check the lengths first)")
     xs = sorted(scores)
     n, total = len(xs), sum(xs)
     best, phi, left = -1.0, (xs[-1] if xs else 0.0), 0.0

@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tool (common, data, ff, ...) is one level up
 import ff
-from common import (UserError, digest, git_commit, main_guard, opt, parse_config, read_json, read_jsonl, stage,
-                    write_json, write_jsonl)
+from common import (DEVICES, UserError, digest, git_commit, main_guard, opt, parse_config, read_json, read_jsonl,
+                    stage, write_json, write_jsonl)
 from data import Config as DataConfig, advbench_pairs, alpaca_items, c4_sentences, load_examples, text_example
 from metrics import at_threshold, auroc, average_precision, forgetting_gap
 from figures import ablation_figure
@@ -40,13 +40,14 @@ DATA_FIELDS = {f.name for f in dataclasses.fields(DataConfig)}
 class Config:
     run: str = opt("runs/toxicity", "a finished ff.py run folder (forgetting.jsonl, filter.json, ckpt/m1)")
     sizes: list = opt([0], "sizes of the safe set to try, each below the run's own; 0: 1/8, 1/4 and 1/2 of the run's "
-                           "safe set (25, 50 and 100 of the CPU runs' 200)")
-    domains: list = opt(["task", "other"], "domains of the safe set to try instead of the concept's: task, other")
-    extra_t: int = opt(5, "a smaller t to add to the run's (0 = none)")
-    phi_points: int = opt(41, "points of the phi sweep")
+                           "safe set (25, 50 and 100 of the CPU runs' 200)", lo=0)
+    domains: list = opt(["task", "other"], "domains of the safe set to try instead of the concept's: task, other",
+                        choices=("task", "other"))
+    extra_t: int = opt(5, "a smaller t to add to the run's (0 = none)", lo=0)
+    phi_points: int = opt(41, "points of the phi sweep", lo=2)
     name: str = opt("", "results folder under --results (default: the run's concept)")
     results: str = opt("results", "where results/<name>/ablations.* go ('' = only the run folder)")
-    device: str = opt("auto", "auto, cpu or cuda")
+    device: str = opt("auto", "auto, cpu or cuda", choices=DEVICES)
 
 
 def other_domain(concept, domain, n, seed, taken, data_cfg=None):

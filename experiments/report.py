@@ -37,7 +37,7 @@ class Config:
     rebuild: bool = opt(False, "read no run: rebuild the reports and figures from the results/*/summary.json "
                                "files already there")
     started: float = opt(0.0, "unix time at which the whole run began (run.sh passes it): the summary then also "
-                              "reports the end-to-end wall time, process start-up, imports and the report included")
+                              "reports the end-to-end wall time, process start-up, imports and the report included", lo=0)
 
 
 # ---------------------------------------------------------------------------------------------------------------

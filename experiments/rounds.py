@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tool (common
 import ff
 import data
 from common import UserError, digest, git_commit, main_guard, opt, parse_config, stage, write_json, write_jsonl
-from eval import evaluate, load_scorer
+from eval import SCORERS, evaluate, load_scorer
 from figures import rounds_figure
-from model import save_checkpoint, setup
+from model import check_lengths, load_tokenizer, save_checkpoint, setup
 from metrics import metric
 from report import fmt
 
@@ -43,16 +43,18 @@ TRAIN_FIELDS = ("model", "lora", "lora_r", "lora_alpha", "lora_dropout", "batch_
 @dataclass
 class RoundsOptions:
     run: str = opt("runs/rounds/toxicity", "run folder of the experiment")
-    concept: str = opt("toxicity", "unsafe concept of every round's noisy draw: toxicity, bias, harmfulness, mixed")
-    rounds: int = opt(2, "rounds of (noisy finetuning, safety finetuning); the paper shows 3")
-    n: int = opt(160, "size of each round's noisy draw (before rounding, as data.py --n)")
-    r: float = opt(0.5, "unsafe fraction of every draw")
-    n_safety: int = opt(200, "size of D_safe, the same in every round")
-    n_eval: int = opt(100, "items per evaluation set")
-    source: str = opt("offline", "training data: offline (data/) or hub (the paper's, through datasets), as data.py")
+    concept: str = opt("toxicity", "unsafe concept of every round's noisy draw: toxicity, bias, harmfulness, mixed",
+                       choices=("toxicity", "bias", "harmfulness", "mixed"))
+    rounds: int = opt(2, "rounds of (noisy finetuning, safety finetuning); the paper shows 3", lo=1)
+    n: int = opt(160, "size of each round's noisy draw (before rounding, as data.py --n)", lo=1)
+    r: float = opt(0.5, "unsafe fraction of every draw", gt=0, lt=1)
+    n_safety: int = opt(200, "size of D_safe, the same in every round", lo=1)
+    n_eval: int = opt(100, "items per evaluation set", lo=1)
+    source: str = opt("offline", "training data: offline (data/) or hub (the paper's, through datasets), as data.py",
+                      choices=("offline", "hub"))
     hub_files: str = opt("", "with --source hub: local copies of the hub's rows, as data.py --hub-files")
-    max_new_tokens: int = opt(32, "generation cap of the evaluation")
-    scorer: str = opt("auto", "toxicity scorer, as eval.py --scorer")
+    max_new_tokens: int = opt(32, "generation cap of the evaluation", lo=1)
+    scorer: str = opt("auto", "toxicity scorer, as eval.py --scorer", choices=SCORERS)
     name: str = opt("", "results folder under --results (default: rounds/<concept>)")
     results: str = opt("results", "where results/<name>/ goes ('' = only the run folder)")
 
@@ -181,6 +183,10 @@ def main():
     write_jsonl(run / "safety.jsonl", safety)
     for name, items in evals.items():
         write_jsonl(run / f"eval_{name}.jsonl", items)
+    tok = load_tokenizer(cfg.model)  # every prompt must leave a target token inside --max-len, as ff.py checks
+    for path, examples in [(run / f"round{k}_noisy.jsonl", d) for k, d in enumerate(draws, 1)] + [
+            (run / "safety.jsonl", safety)]:
+        check_lengths(tok, path, examples, range(1, len(examples) + 1), fcfg.max_len)
     device, _, _, note = setup(cfg.device, cfg.precision)
     t = max(fcfg.safety_steps)
     print(f"device {device}, {note} | {cfg.rounds} rounds of {len(draws[0])} noisy examples, {len(safety)} "

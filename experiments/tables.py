@@ -33,7 +33,7 @@ class Config:
     results: str = opt("results", "folder of the committed runs (results/<concept>/, seeds/, ratios/)")
     doc: str = opt("RESULTS.md", "document whose table, claims and figure blocks are regenerated ('' = none)")
     readme: str = opt("README.md", "document whose headline block is regenerated ('' = leave it alone)")
-    reps: int = opt(1000, "bootstrap resamples per interval")
+    reps: int = opt(1000, "bootstrap resamples per interval", lo=1)
 
 
 # ---------------------------------------------------------------------------------------------------------------

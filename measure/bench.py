@@ -27,8 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tool (common, data, ff, ...) is one level up
 import ff
-from common import (main_guard, opt, parse_config, peak_memory_gib, read_json, release_memory, tune_allocator, update_block,
-                    write_json, write_text)
+from common import (DEVICES, main_guard, opt, parse_config, peak_memory_gib, read_json, release_memory, tune_allocator,
+                    update_block, write_json, write_text)
 from data import BUILDERS, Config as DataConfig, build_toxicity, render
 from model import (EMBEDDED, add_lora, encode, generate, hardware, length_grouped_batches, load_model, prompt_ids,
                    setup, token_budget_split)
@@ -37,13 +37,13 @@ from model import (EMBEDDED, add_lora, encode, generate, hardware, length_groupe
 @dataclass
 class Config:
     model: str = opt(EMBEDDED, "model to measure (as ff.py --model)")
-    official_n: int = opt(4, "examples for the official-style loop (500 new tokens each, one at a time)")
-    equal_n: int = opt(32, "examples for the same-cap ROUGE-1 check of both loops")
-    train_steps: int = opt(6, "measured optimizer steps per training mode (after one warm-up step)")
+    official_n: int = opt(4, "examples for the official-style loop (500 new tokens each, one at a time)", lo=1)
+    equal_n: int = opt(32, "examples for the same-cap ROUGE-1 check of both loops", lo=1)
+    train_steps: int = opt(6, "measured optimizer steps per training mode (after one warm-up step)", lo=1)
     levers: bool = opt(True, "also measure --micro-tokens, torch.compile and the allocator (about 10 min on CPU)")
     results: str = opt("results", "where bench.json goes")
     doc: str = opt("PERFORMANCE.md", "document whose benchmark table is regenerated ('' = leave it alone)")
-    device: str = opt("auto", "auto, cpu or cuda")
+    device: str = opt("auto", "auto, cpu or cuda", choices=DEVICES)
 
 
 def matmul_peak(device, dtype):

@@ -35,16 +35,16 @@ CONDITIONS = 10  # M0, +Downstream, +SafetyFT, Replay, FF, FF-nll, Random, Oracl
 
 @dataclass
 class Config:
-    mfu: float = opt(0.4, "assumed share of the bf16 peak that training and prefill reach")
-    bw_eff: float = opt(0.6, "assumed share of HBM bandwidth that a decode step reaches")
-    epochs: int = opt(int(preset("ff", "--epochs")), "the GPU preset's epochs (common.GPU_PRESET)")
-    batch: int = opt(int(preset("ff", "--batch-size")), "the GPU preset's batch size")
-    safety_steps: int = opt(50, "max t")
-    gen_batch: int = opt(int(preset("ff", "--gen-batch-size")), "the GPU preset's generation batch")
-    cap_text: int = opt(int(preset("ff", "--max-new-tokens-text")), "generation cap, text format (the GPU preset's)")
-    cap_qa: int = opt(int(preset("ff", "--max-new-tokens-qa")), "generation cap, QA and BBQ formats (the GPU preset's)")
-    cap_eval: int = opt(int(preset("eval", "--max-new-tokens")), "evaluation generation cap (the GPU preset's)")
-    micro_tokens: int = opt(int(preset("ff", "--micro-tokens")), "padded tokens per forward pass (the GPU preset's)")
+    mfu: float = opt(0.4, "assumed share of the bf16 peak that training and prefill reach", gt=0, hi=1)
+    bw_eff: float = opt(0.6, "assumed share of HBM bandwidth that a decode step reaches", gt=0, hi=1)
+    epochs: int = opt(int(preset("ff", "--epochs")), "the GPU preset's epochs (common.GPU_PRESET)", lo=1)
+    batch: int = opt(int(preset("ff", "--batch-size")), "the GPU preset's batch size", lo=1)
+    safety_steps: int = opt(50, "max t", lo=1)
+    gen_batch: int = opt(int(preset("ff", "--gen-batch-size")), "the GPU preset's generation batch", lo=1)
+    cap_text: int = opt(int(preset("ff", "--max-new-tokens-text")), "generation cap, text format (the GPU preset's)", lo=1)
+    cap_qa: int = opt(int(preset("ff", "--max-new-tokens-qa")), "generation cap, QA and BBQ formats (the GPU preset's)", lo=1)
+    cap_eval: int = opt(int(preset("eval", "--max-new-tokens")), "evaluation generation cap (the GPU preset's)", lo=1)
+    micro_tokens: int = opt(int(preset("ff", "--micro-tokens")), "padded tokens per forward pass (the GPU preset's)", lo=1)
     results: str = opt("results", "where cost.json and cost.md go")
     doc: str = opt("PERFORMANCE.md", "document whose cost table is regenerated ('' = leave it alone)")
 

@@ -24,7 +24,7 @@ import data
 import eval as ev
 import ff
 from bench import matmul_peak
-from common import GPU_PRESET, UserError, main_guard, opt, parse_config, preset, write_json
+from common import DEVICES, GPU_PRESET, UserError, main_guard, opt, parse_config, preset, write_json
 from model import EMBEDDED, hardware, load_tokenizer, setup
 
 # SmolLM2-1.7B-Instruct's config.json (the GPU preset's model), and a tiny model of the same family for CPU.
@@ -43,15 +43,15 @@ PRESET = GPU_PRESET["ff"]
 @dataclass
 class Config:
     arch: str = opt("auto", "model architecture: smollm2-1.7b (the GPU preset's), tiny, or auto (1.7B on CUDA, "
-                            "tiny on CPU)")
-    n: int = opt(128, "N, the noisy set's size")
-    steps: list = opt([4, 8], "t: safety steps scored")
-    epochs: int = opt(1, "epochs for M1 and FF")
-    max_new_tokens: int = opt(24, "generation cap of scoring and evaluation (random weights never stop early)")
+                            "tiny on CPU)", choices=("auto", "smollm2-1.7b", "tiny"))
+    n: int = opt(128, "N, the noisy set's size", lo=1)
+    steps: list = opt([4, 8], "t: safety steps scored", lo=1)
+    epochs: int = opt(1, "epochs for M1 and FF", lo=1)
+    max_new_tokens: int = opt(24, "generation cap of scoring and evaluation (random weights never stop early)", lo=1)
     tokenizer: str = opt("", "tokenizer folder (default: the embedded model's)")
     out: str = opt("runs/smoke", "run folder")
     json: str = opt("", "where the measurements go (default: results/smoke_<device>.json)")
-    device: str = opt("auto", "auto, cpu or cuda")
+    device: str = opt("auto", "auto, cpu or cuda", choices=DEVICES)
 
 
 def call(module, *args):

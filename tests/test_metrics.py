@@ -126,3 +126,22 @@ def test_forgetting_gap_pools_every_other_example():
     assert metrics.forgetting_gap([0.2, -0.1], [True, False]) == pytest.approx(0.3)
     assert metrics.forgetting_gap([1, 2], [False, False]) is None
     assert metrics.forgetting_gap([1, 2], [True, True]) is None
+
+
+def test_otsu_refuses_nan_and_infinity():
+    for bad in ([float("nan"), 0.1, 2, 3], [0.1, float("inf"), 2]):
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            metrics.otsu_threshold(bad)
+
+
+def test_no_nan_is_ever_written(tmp_path):
+    from common import write_json, write_jsonl
+    path = tmp_path / "rows.jsonl"
+    write_jsonl(path, [dict(id="a", nll=1.0)])
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        write_jsonl(path, [dict(id="a", nll=1.0), dict(id="b", nll=float("nan"))])
+    assert path.read_bytes() == before  # what was there is kept
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        write_json(tmp_path / "s.json", dict(auroc=float("inf")))
+    assert not (tmp_path / "s.json").exists()

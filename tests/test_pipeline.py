@@ -134,7 +134,8 @@ GOOD = '{"id": "x", "kind": "safe", "format": "qa", "prompt": "a", "target": "b"
     (["ff.py", "--phi", "abc"], "not a number", {}),
     (["ff.py", "--model", "./no/such/model"], "no such folder", {}),
     (["ff.py", "--model", "no-such-org/no-such-model"], "cannot load it", {}),  # a hub id, offline
-    (["ff.py", "--signals", "vibes"], "choose rouge and/or nll", {}),
+    (["ff.py", "--signals", "vibes"], "--signals vibes: choose one of auto, rouge, nll", {}),
+    (["ff.py", "--signals", "nll", "nll"], "choose rouge and/or nll, each once", {}),
     (["ff.py", "--noisy", "{tmp}/n.jsonl"], "no examples", {"n.jsonl": "\n"}),
     (["ff.py", "--safe", "{tmp}/s.jsonl"], "no examples", {"s.jsonl": ""}),
     (["ff.py", "--noisy", "{tmp}/n.jsonl"], "n.jsonl:2: malformed JSON", {"n.jsonl": GOOD + "{oops\n"}),
@@ -143,7 +144,7 @@ GOOD = '{"id": "x", "kind": "safe", "format": "qa", "prompt": "a", "target": "b"
      {"n.jsonl": '{"prompt": "a", "target": "b", "label": "toxic"}\n'}),
     (["ff.py", "--run", "/proc/ff-cannot-write", "--noisy", "{tmp}/noisy.jsonl", "--safe", "{tmp}/safety.jsonl"],
      "cannot write there", {}),
-    (["ff.py", "--epochs", "0"], "at least one epoch", {}),
+    (["ff.py", "--epochs", "0"], "--epochs 0: must be at least 1", {}),
     (["ff.py", "--model", "gpt2"], "cannot load it", {}),  # a hub id without an organisation, offline
     (["ff.py", "--noisy", "{tmp}/n.jsonl"], "n.jsonl:2: not UTF-8 (byte 89: 0xe9)",
      {"n.jsonl": GOOD.encode() + b'{"prompt": "caf\xe9", "target": "b"}\n'}),
@@ -159,9 +160,9 @@ GOOD = '{"id": "x", "kind": "safe", "format": "qa", "prompt": "a", "target": "b"
      {"eval_squad.jsonl": '{"id": "x", "prompt": "a", "answers": ["b"]}\n'}),
     (["ff.py", "--precision", "fp8"], "--precision fp8: choose one of auto, fp32, bf16, fp16", {}),
     (["data.py", "--source", "web"], "choose offline (the files in data/) or hub", {}),
-    (["ablate.py", "--run", "{tmp}", "--domains", "web"], "--domains web: choose task and/or other", {}),
+    (["ablate.py", "--run", "{tmp}", "--domains", "web"], "--domains web: choose one of task, other", {}),
     (["ablate.py", "--run", "{tmp}"], "ckpt/m1: not found", {}),
-    (["rounds.py", "--rounds", "0"], "--rounds 0: run at least one round", {}),
+    (["rounds.py", "--rounds", "0"], "--rounds 0: must be at least 1", {}),
     (["plots.py", "--run", "/nonexistent/run"], "filter.json: file not found", {}),
 ])
 def test_bad_input_one_line_exit_2(args, needle, files, tmp_path, tiny_dir, monkeypatch, capsys):

@@ -128,6 +128,14 @@ def test_rounds_run_both_pipelines(tiny_dir, tmp_path):
         assert len(parts) == 4 and [c for c in claims if c["a"] == f][0]["verdict"] == tables.combine(parts)
 
 
+def test_rounds_check_prompt_lengths_before_any_training(tiny_dir, tmp_path):
+    from common import UserError
+    with pytest.raises(UserError, match="leaves no target token"):
+        script("rounds.py", "--run", tmp_path / "r", "--model", tiny_dir, "--rounds", "2", "--n", "24",
+               "--n-safety", "16", "--n-eval", "6", "--max-len", "8", *TINY)
+    assert not (tmp_path / "r/stages").exists()  # nothing trained
+
+
 def test_size_study_with_two_tiny_models(tokenizer, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
     for hidden in (32, 64):
