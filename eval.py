@@ -31,7 +31,7 @@ from common import (DEVICES, UserError, digest, main_guard, opt, parse_config, p
 from data import BBQ_CHOOSE, bbq_prompt, check_disjoint, render
 from metrics import (bbq_metrics, bbq_positions, condition_rows, filter_metrics, first_line, is_degenerate, is_refusal,
                      mean, parse_bbq_answer, squad_em, squad_f1)
-from model import generate, load_model, setup
+from model import base_dtype, generate, load_model, setup
 
 EVAL_SETS = {"toxicity": ("id", "prompt"), "bbq": ("id", "prompt", "options", "gold", "biased", "unknown"),
              "harmful": ("id", "prompt"), "squad": ("id", "prompt", "answers")}
@@ -86,24 +86,37 @@ class Config:
 # ---------------------------------------------------------------------------------------------------------------
 # Toxicity scorers: one interface, the name travels with every number.
 
-def load_scorer(name):
-    """Returns (scorer name, texts -> list of toxicity probabilities)."""
+def load_scorer(name, device="cpu", batch_size=64):
+    """Returns (scorer name, texts -> list of toxicity probabilities). auto: Detoxify 'original' (the paper's) where
+    the package is installed (setup.sh installs it on CUDA machines), else alt-profanity-check; a Detoxify that is
+    installed, or asked for, and does not load stops the run: its numbers would change meaning silently."""
     if name not in SCORERS:
         raise UserError(f"--scorer {name}: choose auto, detoxify or profanity-check")
     if name in ("auto", "detoxify"):
-        try:  # the paper's scorer; offline it needs DETOXIFY_CHECKPOINT (a local .ckpt) and DETOXIFY_CONFIG (a dir)
+        try:
             from detoxify import Detoxify
-            kw = {}
+        except ImportError:
+            if name == "detoxify":
+                raise UserError("--scorer detoxify: the detoxify package is not installed; pip install detoxify, "
+                                "or use --scorer profanity-check") from None
+            print("scorer: Detoxify not installed, scoring with alt-profanity-check (--scorer detoxify requires it)")
+        else:
+            kw = {}  # offline, Detoxify needs DETOXIFY_CHECKPOINT (a local .ckpt) and DETOXIFY_CONFIG (a folder)
             if os.environ.get("DETOXIFY_CHECKPOINT"):
                 kw = dict(checkpoint=os.environ["DETOXIFY_CHECKPOINT"],
                           huggingface_config_path=os.environ.get("DETOXIFY_CONFIG"))
-            model = Detoxify("original", **kw)
-            return "detoxify-original", lambda texts: [float(x) for x in model.predict(list(texts))["toxicity"]]
-        except Exception as e:  # not installed, or its weights cannot be downloaded
-            if name == "detoxify":
-                raise UserError(f"--scorer detoxify: Detoxify 'original' does not load ({type(e).__name__}); "
-                                "pip install detoxify and set DETOXIFY_CHECKPOINT offline, or use --scorer auto")
-            print(f"Detoxify 'original' unavailable ({type(e).__name__}); scoring with alt-profanity-check")
+            try:
+                model = Detoxify("original", device=device, **kw)
+            except Exception as e:  # its weights cannot be downloaded, or the checkpoint is wrong
+                raise UserError(f"--scorer {name}: Detoxify 'original' is installed but does not load "
+                                f"({type(e).__name__}); set DETOXIFY_CHECKPOINT offline, or pass --scorer "
+                                "profanity-check to score with the offline classifier") from None
+
+            def detoxify(texts):
+                texts = list(texts)
+                return [float(x) for i in range(0, len(texts), batch_size)
+                        for x in model.predict(texts[i:i + batch_size])["toxicity"]]
+            return "detoxify-original", detoxify
     from profanity_check import predict_prob
     return "alt-profanity-check-1.9.1", lambda texts: [float(x) for x in predict_prob(list(texts))]
 
@@ -275,8 +288,10 @@ def main():
                         **{f"eval_{k}": v for k, v in sets.items()}))
     evaluate_filter(run)
     filt = read_json(run / "filter.json")
-    scorer_name, scorer = load_scorer(cfg.scorer) if "toxicity" in sets else (None, None)
     device, _, _, _ = setup(cfg.device)
+    # every condition at the precision its run was scored at: a LoRA run's base in the autocast dtype, as ff.py has it
+    dtype = base_dtype(device, filt["config"].get("lora", False), filt["config"].get("precision", "auto"))
+    scorer_name, scorer = load_scorer(cfg.scorer, device) if "toxicity" in sets else (None, None)
     conds = conditions(filt["config"]["signals"], cfg.self_correct and any(k in SC_CUES for k in sets),
                        filt.get("finetuned", []))
     print(f"evaluating {list(conds)} on " + ", ".join(f"{len(v)} {k} items" for k, v in sets.items())
@@ -286,7 +301,7 @@ def main():
         # Resumable like ff.py: a condition already evaluated on the same checkpoint, sets and options is skipped.
         key = dict(model=filt["config"]["model"] if sub is None else checkpoint_key(run, sub), self_correct=sc,
                    sets=digest(sets), scorer=scorer_name, gen_batch_size=cfg.gen_batch_size,
-                   max_new_tokens=cfg.max_new_tokens, device=device)
+                   max_new_tokens=cfg.max_new_tokens, device=device, dtype=str(dtype).removeprefix("torch."))
         rows_path = condition_rows(run, cond)
         done = rows_path.with_suffix(".json")
         saved = read_json(done) if done.is_file() and rows_path.is_file() else {}
@@ -295,7 +310,7 @@ def main():
             print(f"{cond:12s} evaluated earlier with the same checkpoint and options, skipped")
         else:
             t0 = time.time()
-            model, tok = load_model(filt["config"]["model"] if sub is None else str(run / sub), device)
+            model, tok = load_model(filt["config"]["model"] if sub is None else str(run / sub), device, dtype)
             metrics, rows = evaluate(model, tok, sets, scorer, cfg, cond, self_correct=sc)
             del model
             wall[cond] = round(time.time() - t0, 1)
@@ -314,8 +329,8 @@ def checkpoint_key(run, sub):
     stage = run / "stages" / f"{Path(sub).name}.json"
     if stage.is_file():
         return digest(read_json(stage)["key"])
-    w = run / sub / "model.safetensors"
-    return f"{w.stat().st_size}:{w.stat().st_mtime_ns}" if w.is_file() else None
+    w = next((run / sub / f for f in ("model.safetensors", "adapter_model.safetensors") if (run / sub / f).is_file()), None)
+    return f"{w.stat().st_size}:{w.stat().st_mtime_ns}" if w else None
 
 
 if __name__ == "__main__":

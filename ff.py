@@ -404,7 +404,7 @@ def main():
     def learn():
         model, tok = m0()
         log = train(model, tok, noisy, cfg, cfg.lr, epochs=cfg.epochs, desc="M1 <- M0 + D_noisy")
-        save_checkpoint(model, tok, run / "ckpt/m1")
+        save_checkpoint(model, tok, run / "ckpt/m1", base=cfg.model)
         del model
         model, tok = m0(run / "ckpt/m1")  # s0 on exactly the weights M2 starts from (LoRA: merged, base dtype)
         return dict(s_m1=score(model, tok, noisy, cfg, "score M1"), log=log)
@@ -416,7 +416,7 @@ def main():
         s_t = {}
         log = train(model, tok, safety, cfg, cfg.safety_lr, steps=ts[-1], desc="M2 <- M1 + D_safe",
                     on_step=scores_at(s_t, model, tok, noisy, cfg, "M2", ts))
-        save_checkpoint(model, tok, run / "ckpt/m2")
+        save_checkpoint(model, tok, run / "ckpt/m2", base=run / "ckpt/m1")
         return dict(s_t=s_t, log=log)
     m2 = stage(run, "m2", "M2: safety finetuning", keys["m2"], forget, needs=["ckpt/m2"])
 
@@ -436,7 +436,7 @@ def main():
         def finetune(name=name, title=title, examples=examples):
             model, tok = m0()
             log = train(model, tok, examples, cfg, cfg.lr, epochs=cfg.epochs, desc=title.replace(":", " <-"))
-            save_checkpoint(model, tok, run / f"ckpt/{name}")
+            save_checkpoint(model, tok, run / f"ckpt/{name}", base=cfg.model)
             return dict(log=log, n=len(examples))
         finetuned[name] = stage(run, name, title, dict(keys["m2"], examples=digest([ex["id"] for ex in examples])),
                                 finetune, needs=[f"ckpt/{name}"])

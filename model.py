@@ -2,6 +2,7 @@
 merging, tokenisation, greedy generation with the target NLL read off its KV cache, and device and precision.
 Nothing here knows about forgetting: ff.py composes these into Algorithm 1, eval.py into the evaluation."""
 import copy
+import json
 import os
 import platform
 import shutil
@@ -131,9 +132,16 @@ def load_tokenizer(name):
         raise cannot_load(name, e) from None
 
 
+ADAPTER_BASE = "ff_base.json"  # in a LoRA checkpoint: the model its adapter applies to
+
+
 def load_model(name, device="cpu", dtype=torch.float32):
+    """A model and its tokenizer. A LoRA checkpoint (save_checkpoint) is its base, loaded the same way (itself
+    possibly a LoRA checkpoint: the rounds chain them), with the adapter merged in: a plain model either way."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     path = model_path(name)
+    if isinstance(path, Path) and (path / ADAPTER_BASE).is_file():
+        return load_adapter(path, device, dtype)
     try:
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
@@ -145,14 +153,33 @@ def load_model(name, device="cpu", dtype=torch.float32):
     return model.to(device), tok
 
 
-def save_checkpoint(model, tok, path):
-    """Save through a temporary folder and a rename. LoRA adapters are merged into a copy first, so every
-    checkpoint is a plain model that any loader reads."""
+def load_adapter(path, device, dtype):
+    from peft import PeftModel
+    base = json.loads((path / ADAPTER_BASE).read_text())["base"]
+    if not base.startswith(("/", "~")) and (path / base).is_dir():  # another checkpoint of the same run
+        base = str((path / base).resolve())
+    model, tok = load_model(base, device, dtype)
+    # merged in fp32 (a bf16 base would round the small update away), then back to the base's dtype; no copy kept
+    return PeftModel.from_pretrained(model, path).float().merge_and_unload().to(dtype), tok
+
+
+def save_checkpoint(model, tok, path, base=None):
+    """Save through a temporary folder and a rename. A LoRA model saves its adapter only (megabytes, not the
+    gigabytes of a merged copy) with the name of the model it applies to: `base`, M0's name or the checkpoint it was
+    loaded from (kept relative when it is a folder beside this one). A full model saves all its weights."""
     path = Path(path)
-    if is_lora(model):
-        model = merge_lora(model)
     tmp = path.with_name(path.name + ".tmp")
-    model.save_pretrained(tmp)
+    if is_lora(model):
+        if base is None:
+            raise ValueError("save_checkpoint: a LoRA checkpoint needs the base its adapter applies to")
+        local = Path(str(base)).expanduser()
+        if local.is_dir():
+            base = os.path.relpath(local.resolve(), path.resolve()) if local.resolve().parent == path.resolve().parent \
+                else str(local.resolve())
+        model.save_pretrained(tmp)  # adapter_config.json and adapter_model.safetensors
+        (tmp / ADAPTER_BASE).write_text(json.dumps(dict(base=str(base))) + "\n")
+    else:
+        model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     if path.exists():
         old = path.with_name(path.name + ".old")
@@ -162,6 +189,10 @@ def save_checkpoint(model, tok, path):
     else:
         tmp.rename(path)
 
+
+def checkpoint_bytes(path):
+    """Bytes on disk of a checkpoint folder (the disk budget's unit)."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
 # ---------------------------------------------------------------------------------------------------------------

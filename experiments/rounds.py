@@ -111,7 +111,7 @@ def finetune(fcfg, run, device, name, parent, examples, safety_steps=None):
             log = ff.train(model, tok, examples, fcfg, fcfg.safety_lr, steps=safety_steps, desc=f"{name} <- D_safe")
         else:
             log = ff.train(model, tok, examples, fcfg, fcfg.lr, epochs=fcfg.epochs, desc=f"{name} <- noisy")
-        save_checkpoint(model, tok, run / "ckpt" / name)
+        save_checkpoint(model, tok, run / "ckpt" / name, base=run / "ckpt" / parent["name"] if parent else fcfg.model)
         return dict(log=log, n=len(examples))
     stage(run, name, name, key, compute, needs=[f"ckpt/{name}"])
     return dict(name=name, key=digest(key))
@@ -191,7 +191,7 @@ def main():
     t = max(fcfg.safety_steps)
     print(f"device {device}, {note} | {cfg.rounds} rounds of {len(draws[0])} noisy examples, {len(safety)} "
           f"safety | {cfg.concept} | model {cfg.model}")
-    scorer = load_scorer(cfg.scorer) if "toxicity" in evals else (None, None)
+    scorer = load_scorer(cfg.scorer, device) if "toxicity" in evals else (None, None)
     evaluated = []  # (point of the figure, per-item rows), model by model
 
     # 2. M0, where both pipelines start

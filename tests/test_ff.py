@@ -123,6 +123,8 @@ def test_lora_trains_adapters_only_and_merges_exactly(tokenizer, tmp_path, shape
     model = make_tiny(tokenizer) if shape == "llama" else make_tiny_gpt2(tokenizer)
     cfg = ff.Config(lora=True, batch_size=4, lora_dropout=0.0)
     frozen = {n: p.clone() for n, p in model.named_parameters()}
+    model.save_pretrained(tmp_path / "base")  # M0 on disk: a LoRA checkpoint names the model it applies to
+    tokenizer.save_pretrained(tmp_path / "base")
     model = mdl.add_lora(model, cfg)
     trained = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trained and all("lora_" in n for n in trained)
@@ -137,11 +139,25 @@ def test_lora_trains_adapters_only_and_merges_exactly(tokenizer, tmp_path, shape
     model.eval()
     with torch.no_grad():
         want = model(ids).logits
-        mdl.save_checkpoint(model, tokenizer, tmp_path / "m")  # merged into a plain checkpoint
-        plain, _ = mdl.load_model(str(tmp_path / "m"))
+        mdl.save_checkpoint(model, tokenizer, tmp_path / "m", base=tmp_path / "base")  # the adapter only
+        assert mdl.checkpoint_bytes(tmp_path / "m") < mdl.checkpoint_bytes(tmp_path / "base") / 2
+        assert not (tmp_path / "m/model.safetensors").exists()
+        plain, _ = mdl.load_model(str(tmp_path / "m"))  # the base with the adapter merged on load
         assert not any("lora" in n for n, _ in plain.named_parameters())
         assert torch.allclose(plain(ids).logits, want, atol=1e-4)
         assert torch.equal(model(ids).logits, want)  # saving left the adapters in place
+    # a chain, as the rounds build it: a second adapter on the first checkpoint, its base named relative
+    second = mdl.add_lora(plain, cfg)
+    ff.train(second, tokenizer, EXAMPLES * 2, cfg, lr=1e-2, steps=3)
+    second.eval()
+    mdl.save_checkpoint(second, tokenizer, tmp_path / "m2", base=tmp_path / "m")
+    assert "../m" in (tmp_path / "m2" / mdl.ADAPTER_BASE).read_text()
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for name in ("m", "m2", "base"):  # moved together: the relative base still resolves
+        (tmp_path / name).rename(moved / name)
+    with torch.no_grad():
+        assert torch.allclose(mdl.load_model(str(moved / "m2"))[0](ids).logits, second(ids).logits, atol=1e-4)
 
 
 def test_base_dtype_follows_the_autocast_dtype(monkeypatch):

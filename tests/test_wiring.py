@@ -90,7 +90,7 @@ def test_ff_is_trained_from_m0_on_the_kept_lines(lora_run, tiny_dir, tmp_path):
     model, tok = mdl.load_model(str(tiny_dir))
     model = mdl.add_lora(model, cfg)
     ff.train(model, tok, kept, cfg, cfg.lr, epochs=cfg.epochs)
-    mdl.save_checkpoint(model, tok, tmp_path / "ff")
+    mdl.save_checkpoint(model, tok, tmp_path / "ff", base=tiny_dir)
     want = mdl.load_model(str(tmp_path / "ff"))[0].state_dict()
     got = mdl.load_model(str(run / "ckpt/ff_nll"))[0].state_dict()
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
