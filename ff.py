@@ -34,6 +34,7 @@ import dataclasses
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +49,8 @@ from data import TEMPLATES, load_examples, render
 from metrics import flag, otsu_threshold, rouge1
 from plots import run_figure
 from model import (EMBEDDED, PRECISIONS, add_lora, base_dtype, check_lengths, collate, encode, generate, hardware,
-                   length_grouped_batches, load_model, load_tokenizer, save_checkpoint, setup, setup_device, target_ids,
-                   token_budget_split)
+                   length_grouped_batches, load_model, load_tokenizer, model_config, save_checkpoint, setup,
+                   setup_device, target_ids, token_budget_split, tokenizer_bytes, weight_bytes)
 
 FUSED = os.environ.get("FF_FUSED", "1") == "1"  # fused AdamW (one kernel for all parameters); FF_FUSED=0 to compare
 
@@ -284,6 +285,7 @@ def prepare(cfg):
     check_lengths(tok, noisy_path, noisy, noisy_at, cfg.max_len)
     check_lengths(tok, safe_path, safety, safety_at, cfg.max_len)
     clean_leftovers(run)
+    check_disk(cfg, run, tok, labelled=noisy[0].get("kind") is not None)
     device, _, _, note = setup(cfg.device, cfg.precision)
     labelled = noisy[0].get("kind") is not None
     print(f"device {device}, {note} | {len(noisy)} noisy, {len(safety)} safety examples | model {cfg.model}"
@@ -291,6 +293,25 @@ def prepare(cfg):
           f"{cfg.filter_t or max(cfg.safety_steps)}: rouge > {cfg.phi}, nll > {cfg.phi_nll}"
           + ("" if labelled else " | no labels: no filter metrics"))
     return run, noisy, noisy_lines, safety, device
+
+
+def check_disk(cfg, run, tok, labelled):
+    """Before the first stage: the bytes the checkpoints this run still has to write will take (a LoRA checkpoint is
+    its adapter, a full one every weight in fp32, each with the tokenizer), against the free space of its disk."""
+    names = ["m1", "m2"] + ([f"ff_{sig}" for sig in cfg.signals] + [b for b in cfg.baselines if b != "none" and (
+        b != "oracle" or labelled)] if cfg.retrain else [])
+    todo = [n for n in names if not (run / "ckpt" / n).is_dir()]
+    config = model_config(cfg.model)
+    if config is None or not todo:
+        return
+    each = weight_bytes(config, cfg.lora_r if cfg.lora else 0) + tokenizer_bytes(tok)
+    need, free = len(todo) * each, shutil.disk_usage(run if run.exists() else run.parent).free
+    print(f"disk: {len(todo)} checkpoints of {each / 2**20:.1f} MiB to write ({need / 2**30:.2f} GiB); "
+          f"{free / 2**30:.1f} GiB free")
+    if need * 1.1 + 2**28 > free:  # 10 % and 256 MiB of room for the rows, the stages and a temporary copy
+        raise UserError(f"{run}: this run writes about {need / 2**30:.1f} GiB of checkpoints and its disk has "
+                        f"{free / 2**30:.1f} GiB free; free some space, or pass --run on a larger disk"
+                        + ("" if cfg.lora else " (or --lora: a LoRA checkpoint is its adapter, megabytes)"))
 
 
 def load_m0(cfg, device, path=None):

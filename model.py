@@ -191,8 +191,47 @@ def save_checkpoint(model, tok, path, base=None):
 
 
 def checkpoint_bytes(path):
-    """Bytes on disk of a checkpoint folder (the disk budget's unit)."""
+    """Bytes on disk of a folder (a checkpoint, a run)."""
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def model_config(name):
+    """The transformers config of a model name, a checkpoint folder, or a LoRA checkpoint's base; None if it cannot
+    be read here (a hub id that is not cached, offline)."""
+    from transformers import AutoConfig
+    path = model_path(name)
+    if isinstance(path, Path) and (path / ADAPTER_BASE).is_file():
+        base = json.loads((path / ADAPTER_BASE).read_text())["base"]
+        return model_config(str((path / base).resolve()) if (path / base).is_dir() else base)
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError):
+        return None
+
+
+def weight_bytes(config, lora_r=0):
+    """Bytes of the weights a checkpoint of this architecture saves: every parameter in fp32 (full finetuning), or
+    LoRA's A (r x in) and B (out x r) in fp32 for each target projection. Counted on a meta-device instance of the
+    architecture, so it holds for any family (Llama, Qwen2, GPT-2's Conv1D) without allocating a weight."""
+    from transformers import AutoModelForCausalLM
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    if not lora_r:
+        return 4 * sum(p.numel() for p in model.parameters())
+    n = 0
+    for name, m in model.named_modules():
+        if name.rsplit(".", 1)[-1] in LORA_TARGETS and hasattr(m, "weight"):
+            out_f, in_f = m.weight.shape if isinstance(m, nn.Linear) else m.weight.shape[::-1]  # Conv1D: (in, out)
+            n += lora_r * (in_f + out_f)
+    return 4 * n
+
+
+def tokenizer_bytes(tok):
+    """Bytes of the tokenizer files every checkpoint carries (saved once into a scratch folder)."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        tok.save_pretrained(d)
+        return checkpoint_bytes(d)
 
 
 # ---------------------------------------------------------------------------------------------------------------

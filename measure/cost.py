@@ -29,6 +29,14 @@ MODELS = {  # from each model's config.json: parameters, layers, hidden size, KV
     "SmolLM2-1.7B-Instruct": dict(params=1.71e9, layers=24, hidden=2048, kv=2048, vocab=49152),
     "Qwen2.5-7B-Instruct": dict(params=7.62e9, layers=28, hidden=3584, kv=512, vocab=152064),
 }
+# Disk: what the hub's weight files take in its cache (parameters x bytes per stored parameter: SmolLM2 and Qwen2.5
+# ship bf16, GPT-2 fp32), the tokenizer files each checkpoint copies (SmolLM2's measured here on the embedded one,
+# Qwen2.5's from the hub's file listing: tokenizer.json 7.0 MB, vocab.json 2.8 MB, merges.txt 1.7 MB) and what
+# `paper`'s size study downloads besides (run.sh SIZE_MODELS).
+HUB_BYTES = {"SmolLM2-1.7B-Instruct": 2 * 1.71e9, "Qwen2.5-7B-Instruct": 2 * 7.62e9}
+QWEN_TOKENIZER = 11.5e6
+SIZE_DOWNLOADS = 2 * (0.135e9 + 0.362e9) + 4 * (0.355e9 + 0.774e9 + 1.558e9)  # SmolLM2 135M/360M bf16, GPT-2 fp32
+DETOXIFY = 0.418e9  # Detoxify 'original' (toxic_original-c1212f89.ckpt), the GPU preset's scorer
 SETTINGS = ("toxicity", "bias", "harmfulness", "mixed")
 CONDITIONS = 10  # M0, +Downstream, +SafetyFT, Replay, FF, FF-nll, Random, Oracle, SC, FF+SC (SC rows: cue sets only)
 
@@ -112,6 +120,58 @@ def memory_gib(m, t, cfg):
     return dict(weights=weights / 2**30, training=(weights + acts + logits) / 2**30, generation=(weights + kv) / 2**30)
 
 
+def adapter_checks(tmp):
+    """Measured: tiny models of both presets' shapes (Llama-like with tied embeddings and full attention; Qwen2-like
+    with grouped KV heads, untied embeddings and q/v biases) with LoRA adapters, saved by model.save_checkpoint;
+    the adapter file's bytes against weight_bytes(), which the projection applies to the real configurations."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from model import add_lora, checkpoint_bytes, save_checkpoint, weight_bytes
+    tok = load_tokenizer(EMBEDDED)
+    shapes = {"llama (1.7B's shape)": (LlamaForCausalLM, LlamaConfig(
+                  vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True)),
+              "qwen2 (7B's shape)": (Qwen2ForCausalLM, Qwen2Config(
+                  vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=False))}
+    out = {}
+    for name, (cls, config) in shapes.items():
+        torch.manual_seed(0)
+        base = cls(config)
+        base.save_pretrained(tmp / name)
+        tok.save_pretrained(tmp / name)
+        save_checkpoint(add_lora(base, DataLoraConfig()), tok, tmp / (name + " lora"), base=tmp / name)
+        adapter = (tmp / (name + " lora") / "adapter_model.safetensors").stat().st_size
+        out[name] = dict(adapter_bytes=adapter, formula_bytes=weight_bytes(config, 8),
+                         checkpoint_bytes=checkpoint_bytes(tmp / (name + " lora")))
+    return out
+
+
+@dataclass
+class DataLoraConfig:  # the paper's LoRA, as ff.Config has it
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+
+
+def disk(name, m, tok_bytes, rows_bytes):
+    """Bytes on disk for `bash run.sh` (four settings: 7 adapter checkpoints each: M1, M2, FF twice, Replay, the
+    random and the oracle filter) and for `paper` (adds 2 seeds of 4 settings, 6 ratio runs and the size study's 6
+    filter-only runs with 2 checkpoints each, 2 x 3 interleaved rounds of about 18 checkpoints each concept), with
+    the hub's base model, Detoxify and the rows."""
+    from transformers import LlamaConfig, Qwen2Config
+    from model import weight_bytes
+    heads = m["hidden"] // 64 if name.startswith("SmolLM2") else 28  # head_dim 64 (SmolLM2), 128 (Qwen2.5)
+    config = (LlamaConfig if name.startswith("SmolLM2") else Qwen2Config)(
+        vocab_size=m["vocab"], hidden_size=m["hidden"], num_hidden_layers=m["layers"], num_attention_heads=heads,
+        num_key_value_heads=m["kv"] // (m["hidden"] // heads), intermediate_size=4 * m["hidden"])
+    ckpt = weight_bytes(config, 8) + (tok_bytes if name.startswith("SmolLM2") else QWEN_TOKENIZER)
+    fixed = HUB_BYTES[name] + DETOXIFY
+    run_sh = fixed + 4 * (7 * ckpt + rows_bytes)
+    paper = run_sh + 8 * (7 * ckpt + rows_bytes) + 12 * (2 * ckpt + rows_bytes) + 2 * 18 * ckpt + SIZE_DOWNLOADS
+    return dict(checkpoint_bytes=ckpt, run_sh_gib=round(run_sh / 2**30, 1), paper_gib=round(paper / 2**30, 1))
+
+
 def render_table(c):
     lines = [f"Projected for `bash run.sh` (the four settings) on one {c['gpu']['name']} ({c['gpu']['bf16_tflop_s']:g} "
              f"TFLOP/s bf16, {c['gpu']['hbm_tb_s']:g} TB/s), LoRA, the GPU preset's sizes; training and prefill at "
@@ -119,15 +179,20 @@ def render_table(c):
              "of bandwidth to the full cap (bandwidth bound); token counts measured on the preset's data. "
              "A projection, no GPU measurement:", "",
              "| model | training (min) | scoring (min) | evaluation (min) | total (min) | decode steps | peak memory "
-             "training / generation (GiB) | basis |", "|---|---|---|---|---|---|---|---|"]
+             "training / generation (GiB) | disk, run.sh / paper (GiB) | basis |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in c["models"].items():
         tr = sum(v for k, v in r["stages_s"].items() if k not in ("scoring", "evaluation")) / 60
         lines.append(f"| {name} | {tr:.1f} | {r['stages_s']['scoring'] / 60:.1f} | "
                      f"{r['stages_s']['evaluation'] / 60:.1f} | {r['total_s'] / 60:.1f} | {r['decode_steps']:,} | "
-                     f"{r['memory_gib']['training']:.0f} / {r['memory_gib']['generation']:.0f} | FLOP count + "
-                     "bandwidth bound |")
+                     f"{r['memory_gib']['training']:.0f} / {r['memory_gib']['generation']:.0f} | "
+                     f"{r['disk']['run_sh_gib']:.1f} / {r['disk']['paper_gib']:.1f} | FLOP count + bandwidth bound |")
     lines += ["", "Each decode step also pays the decode loop's fixed overhead (kernel launches, Python): at an overhead "
-                  "of d ms per step add decode steps x d / 60000 minutes; `bash run.sh smoke` measures it."]
+                  "of d ms per step add decode steps x d / 60000 minutes; `bash run.sh smoke` measures it.", "",
+              "Disk: the hub's base model and Detoxify, each LoRA checkpoint as its adapter and tokenizer (" + ", ".join(
+                  f"{n}: adapter {a['adapter_bytes']:,} bytes saved, {a['formula_bytes']:,} by the formula"
+                  for n, a in c["adapter_checks"].items()) + ", measured on tiny models of both shapes), the rows "
+              "scaled from the committed CPU runs; `paper` adds the seeds, ratios, rounds and the size study's "
+              "downloads."]
     return "\n".join(lines) + "\n"
 
 
@@ -135,15 +200,26 @@ def main():
     cfg = parse_config(Config, __doc__)
     tok = load_tokenizer(EMBEDDED)
     tokens = {c: setting_tokens(c, tok, cfg) for c in SETTINGS}
-    out = dict(gpu=GPU, assume=dict(mfu=cfg.mfu, bw_eff=cfg.bw_eff), tokens=tokens, models={})
+    import tempfile
+    from model import tokenizer_bytes
+    with tempfile.TemporaryDirectory() as d:
+        checks = adapter_checks(Path(d))
+    # rows: the committed CPU runs' per-example and evaluation rows, scaled by the preset's N and evaluation sizes
+    # (x3 and x2: the stage files and eval/ hold copies of them)
+    res, scale_n, scale_eval = Path(cfg.results), int(preset("data", "--n")) / 160, int(preset("data", "--n-eval")) / 100
+    rows = max((3 * (res / c / "forgetting.jsonl").stat().st_size * scale_n + 2 * (res / c / "eval_rows.jsonl").stat()
+                .st_size * scale_eval for c in SETTINGS if (res / c / "eval_rows.jsonl").is_file()), default=0)
+    out = dict(gpu=GPU, assume=dict(mfu=cfg.mfu, bw_eff=cfg.bw_eff), tokens=tokens, adapter_checks=checks,
+               rows_bytes_per_setting=round(rows), models={})
     for name, m in MODELS.items():
         per = {c: project(m, t, cfg)[0] for c, t in tokens.items()}
         steps = round(sum(project(m, t, cfg)[1] for t in tokens.values()))
         stages = {k: sum(p[k] for p in per.values()) for k in next(iter(per.values()))}
         mem = {k: max(memory_gib(m, t, cfg)[k] for t in tokens.values()) for k in ("weights", "training", "generation")}
         out["models"][name] = dict(m, stages_s={k: round(v, 1) for k, v in stages.items()},
-                                   total_s=round(sum(stages.values()), 1), decode_steps=steps, memory_gib={k: round(v, 1) for k, v in
-                                                                                       mem.items()})
+                                   total_s=round(sum(stages.values()), 1), decode_steps=steps,
+                                   memory_gib={k: round(v, 1) for k, v in mem.items()},
+                                   disk=disk(name, m, tokenizer_bytes(tok), rows))
     write_json(Path(cfg.results) / "cost.json", out)
     table = render_table(out)
     write_text(Path(cfg.results) / "cost.md", table)
