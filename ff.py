@@ -182,6 +182,8 @@ def train(model, tok, examples, cfg, lr, steps=None, epochs=None, on_step=None, 
         skipped += scaler.is_enabled() and scaler.get_scale() < scale  # the scale drops only after a skipped step
         opt.zero_grad(set_to_none=True)
         log.append(dict(step=step + 1, loss=round(lossf, 4), lr=get_lr(step, total, lr)))
+        if step == 0:  # the first step pays the warm-up (allocator, kernels, compilation): timed apart
+            warmup = dict(s=round(time.time() - t0, 2), tokens=tokens)
         bar.set_postfix(loss=f"{lossf:.3f}", tok_s=f"{tokens / (time.time() - t0 - scoring_s):.0f}")
         if on_step is not None:
             t_cb = time.time()
@@ -191,7 +193,7 @@ def train(model, tok, examples, cfg, lr, steps=None, epochs=None, on_step=None, 
     del opt  # AdamW's two moments, twice the model's size: give them back before whatever comes next
     release_memory()
     return dict(steps=len(log), tokens=tokens, wall_s=round(time.time() - t0, 1),
-                train_s=round(time.time() - t0 - scoring_s, 1), loss=log) | (
+                train_s=round(time.time() - t0 - scoring_s, 1), warmup=warmup if log else None, loss=log) | (
         dict(skipped_steps=skipped) if scaler.is_enabled() else {})
 
 

@@ -38,6 +38,7 @@ ARCHS = {
 # run.sh's GPU preset options for ff.py (common.GPU_PRESET: LoRA, lr, batch), then this check's own epochs and caps
 # after them (the last value of an option wins), so that it stays short.
 PRESET = GPU_PRESET["ff"]
+DATASHEET_BF16 = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 TFLOP/s, NVIDIA's data sheets (SXM)
 
 
 @dataclass
@@ -95,8 +96,9 @@ def main():
          "--device", device, *(["--gen-batch-size", preset("eval", "--gen-batch-size")] if gpu else []))
     filt = json.loads((run / "filter.json").read_text())
     evals = json.loads((run / "eval.json").read_text())
-    tokens = sum(t["tokens"] for t in filt["train"].values())
-    train_s = sum(t["train_s"] for t in filt["train"].values())  # optimizer steps only, the scores at t apart
+    # optimizer steps only: the scores at t apart, and each training's first step (its warm-up) left out
+    tokens = sum(t["tokens"] - t["warmup"]["tokens"] for t in filt["train"].values())
+    train_s = sum(t["train_s"] - t["warmup"]["s"] for t in filt["train"].values())
     lora = gpu  # the preset trains LoRA on CUDA: no weight gradients, ~4 FLOPs per parameter and token, else 6
     peak = matmul_peak(device, torch.bfloat16 if gpu else torch.float32)
     tok_s = tokens / train_s
@@ -108,6 +110,9 @@ def main():
                    flops_per_token=(4 if lora else 6) * params, by_stage=filt["train"]),
         matmul_peak_tflop_s=round(peak / 1e12, 3), peak_dtype="bf16" if gpu else "fp32",
         mfu=round((4 if lora else 6) * params * tok_s / peak, 4),
+        # the basis of measure/cost.py's --mfu: the GPU's data-sheet bf16 dense peak, where this GPU is in it
+        mfu_of_datasheet=next((round((4 if lora else 6) * params * tok_s / (tf * 1e12), 4)
+                               for name, tf in DATASHEET_BF16.items() if gpu and name in hardware()), None),
         scoring=dict(examples=cfg.n, wall_s=score_s, examples_per_s=round(cfg.n / score_s, 2),
                      max_new_tokens=cfg.max_new_tokens),
         stages_s=filt["timings_s"], eval_s=evals["wall_s"],
