@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tool (common, data, ff, ...) is one level up
-from common import UserError, main_guard, opt, parse_config, preset, update_block, write_json, write_text
+from common import main_guard, opt, parse_config, preset, update_block, write_json, write_text
 from data import BUILDERS, Config as DataConfig, render
 from model import EMBEDDED, encode, load_tokenizer, prompt_ids
 
@@ -38,6 +38,9 @@ QWEN_TOKENIZER = 11.5e6
 SIZE_DOWNLOADS = 2 * (0.135e9 + 0.362e9) + 4 * (0.355e9 + 0.774e9 + 1.558e9)  # SmolLM2 135M/360M bf16, GPT-2 fp32
 DETOXIFY = 0.418e9  # Detoxify 'original' (toxic_original-c1212f89.ckpt), the GPU preset's scorer
 SETTINGS = ("toxicity", "bias", "harmfulness", "mixed")
+LOADS = 9  # ff.py: M0 (scores, control), M1 (train; reload to score), M2, FF x 2, Replay, random, oracle
+HUB_BYTES_PER_PARAM = 2  # the preset's base is bf16 on disk and in memory (a frozen LoRA base)
+PILE_DOCS = 200000  # data.py --pile-docs: the most a toxicity build streams (--source hub)
 CONDITIONS = 10  # M0, +Downstream, +SafetyFT, Replay, FF, FF-nll, Random, Oracle, SC, FF+SC (SC rows: cue sets only)
 
 
@@ -53,6 +56,11 @@ class Config:
     cap_qa: int = opt(int(preset("ff", "--max-new-tokens-qa")), "generation cap, QA and BBQ formats (the GPU preset's)", lo=1)
     cap_eval: int = opt(int(preset("eval", "--max-new-tokens")), "evaluation generation cap (the GPU preset's)", lo=1)
     micro_tokens: int = opt(int(preset("ff", "--micro-tokens")), "padded tokens per forward pass (the GPU preset's)", lo=1)
+    load_gb_s: float = opt(2.0, "assumed read rate of a model load from local disk (GB/s, an NVMe SSD)", gt=0)
+    net_mb_s: float = opt(50.0, "assumed download rate from the hub (MB/s): the base model once, the Pile streamed "
+                                "per toxicity build", gt=0)
+    pile_doc_kb: float = opt(5.0, "assumed mean size of a streamed Pile document (kB, with its per-sentence scores)",
+                             gt=0)
     results: str = opt("results", "where cost.json and cost.md go")
     doc: str = opt("PERFORMANCE.md", "document whose cost table is regenerated ('' = leave it alone)")
 
@@ -61,10 +69,8 @@ def setting_tokens(concept, tok, cfg):
     """Measured: the mean tokens of a training sequence, a scoring prompt and an evaluation prompt of one setting at
     the GPU preset's sizes, and its sizes."""
     n, n_safety, n_eval = (int(preset("data", f"--{k}")) for k in ("n", "n-safety", "n-eval"))
-    try:
-        sets = BUILDERS[concept](DataConfig(concept=concept, n=n, n_safety=n_safety, n_eval=n_eval))
-    except UserError:  # harmfulness offline: 520 AdvBench goals, 200 HarmBench prompts; lengths from a smaller build
-        sets = BUILDERS[concept](DataConfig(concept=concept, n=300, n_safety=200, n_eval=200))
+    # offline, data.py caps what its files cannot supply (harmfulness: 520 AdvBench goals): the lengths are the same
+    sets = BUILDERS[concept](DataConfig(concept=concept, n=n, n_safety=n_safety, n_eval=n_eval))
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     noisy = sets["noisy"]
     asked = {k: 3 if k == "eval_bbq" else 1 for k in sets if k.startswith("eval_")}  # BBQ: its 3 option orders
@@ -106,6 +112,10 @@ def project(m, t, cfg):
     stages["evaluation"] = eval_prompts * t["eval_prompt"] * 2 * m["params"] / peak + decode_s(
         m, cfg, eval_prompts, t["eval_prompt"], cfg.cap_eval)
     steps = passes * math.ceil(t["n"] / cfg.gen_batch) * t["cap"] + math.ceil(eval_prompts / cfg.gen_batch) * cfg.cap_eval
+    # loads: the base read from disk for M0's scores, M1 (train, then again to score), M2, the five trainings from M0
+    # and every evaluated condition; each LoRA load also merges (B A, a few FLOPs per adapter weight: negligible) and
+    # each save writes megabytes (the adapter)
+    stages["loads"] = (LOADS + CONDITIONS) * HUB_BYTES_PER_PARAM * m["params"] / (cfg.load_gb_s * 1e9)
     return stages, steps
 
 
@@ -173,17 +183,22 @@ def disk(name, m, tok_bytes, rows_bytes):
 
 
 def render_table(c):
+    a = c["assume"]
     lines = [f"Projected for `bash run.sh` (the four settings) on one {c['gpu']['name']} ({c['gpu']['bf16_tflop_s']:g} "
              f"TFLOP/s bf16, {c['gpu']['hbm_tb_s']:g} TB/s), LoRA, the GPU preset's sizes; training and prefill at "
-             f"{100 * c['assume']['mfu']:.0f} % of peak (FLOP count), decoding at {100 * c['assume']['bw_eff']:.0f} % "
-             "of bandwidth to the full cap (bandwidth bound); token counts measured on the preset's data. "
+             f"{100 * a['mfu']:.0f} % of the data sheet's peak (FLOP count), decoding at {100 * a['bw_eff']:.0f} % "
+             f"of bandwidth to the full cap (bandwidth bound); model loads at {a['load_gb_s']:g} GB/s from disk, the "
+             f"hub at {a['net_mb_s']:g} MB/s (the base once, the Pile streamed for toxicity); token counts measured "
+             "on the preset's data. "
              "A projection, no GPU measurement:", "",
-             "| model | training (min) | scoring (min) | evaluation (min) | total (min) | decode steps | peak memory "
-             "training / generation (GiB) | disk, run.sh / paper (GiB) | basis |", "|---|---|---|---|---|---|---|---|---|"]
+             "| model | training (min) | scoring (min) | evaluation (min) | loads (min) | hub (min) | total (min) | "
+             "decode steps | peak memory training / generation (GiB) | disk, run.sh / paper (GiB) | basis |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in c["models"].items():
-        tr = sum(v for k, v in r["stages_s"].items() if k not in ("scoring", "evaluation")) / 60
-        lines.append(f"| {name} | {tr:.1f} | {r['stages_s']['scoring'] / 60:.1f} | "
-                     f"{r['stages_s']['evaluation'] / 60:.1f} | {r['total_s'] / 60:.1f} | {r['decode_steps']:,} | "
+        st = r["stages_s"]
+        tr = sum(v for k, v in st.items() if k not in ("scoring", "evaluation", "loads", "hub")) / 60
+        lines.append(f"| {name} | {tr:.1f} | {st['scoring'] / 60:.1f} | {st['evaluation'] / 60:.1f} | "
+                     f"{st['loads'] / 60:.1f} | {st['hub'] / 60:.1f} | {r['total_s'] / 60:.1f} | {r['decode_steps']:,} | "
                      f"{r['memory_gib']['training']:.0f} / {r['memory_gib']['generation']:.0f} | "
                      f"{r['disk']['run_sh_gib']:.1f} / {r['disk']['paper_gib']:.1f} | FLOP count + bandwidth bound |")
     lines += ["", "Each decode step also pays the decode loop's fixed overhead (kernel launches, Python): at an overhead "
@@ -209,10 +224,15 @@ def main():
     res, scale_n, scale_eval = Path(cfg.results), int(preset("data", "--n")) / 160, int(preset("data", "--n-eval")) / 100
     rows = max((3 * (res / c / "forgetting.jsonl").stat().st_size * scale_n + 2 * (res / c / "eval_rows.jsonl").stat()
                 .st_size * scale_eval for c in SETTINGS if (res / c / "eval_rows.jsonl").is_file()), default=0)
-    out = dict(gpu=GPU, assume=dict(mfu=cfg.mfu, bw_eff=cfg.bw_eff), tokens=tokens, adapter_checks=checks,
+    out = dict(gpu=GPU, assume=dict(mfu=cfg.mfu, bw_eff=cfg.bw_eff, load_gb_s=cfg.load_gb_s, net_mb_s=cfg.net_mb_s,
+                                   pile_doc_kb=cfg.pile_doc_kb), tokens=tokens, adapter_checks=checks,
                rows_bytes_per_setting=round(rows), models={})
     for name, m in MODELS.items():
         per = {c: project(m, t, cfg)[0] for c, t in tokens.items()}
+        # the hub: the base model downloaded once; the Pile streamed once per toxicity build (at most --pile-docs)
+        per["toxicity"]["hub"] = (HUB_BYTES[name] + PILE_DOCS * cfg.pile_doc_kb * 1e3) / (cfg.net_mb_s * 1e6)
+        for c in SETTINGS[1:]:
+            per[c]["hub"] = 0.0
         steps = round(sum(project(m, t, cfg)[1] for t in tokens.values()))
         stages = {k: sum(p[k] for p in per.values()) for k in next(iter(per.values()))}
         mem = {k: max(memory_gib(m, t, cfg)[k] for t in tokens.values()) for k in ("weights", "training", "generation")}

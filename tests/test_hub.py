@@ -7,6 +7,7 @@ import pytest
 
 import common
 import data
+import test_bbq_rows
 from conftest import script
 
 REST = ("Gender_identity", "Race_ethnicity", "Race_x_SES", "Race_x_gender", "SES")
@@ -34,9 +35,8 @@ def hub_dir(tmp_path_factory):
         for i in range(400)])
     for cat in data.BBQ_CATEGORIES:  # the official rows, as shipped
         (d / f"bbq-{cat}.jsonl").write_text((data.DATA / "bbq" / f"{cat}.jsonl").read_text())
-    for cat in REST:  # the categories data/ does not ship: Age's rows under another name
-        rows = [json.loads(x) for x in (data.DATA / "bbq/Age.jsonl").read_text().splitlines()[:200]]
-        write(d / f"bbq-{cat}.jsonl", [dict(r, category=cat, context=f"({cat}) {r['context']}") for r in rows])
+    for cat in REST:  # the categories data/ does not ship: a few of their official rows (test_bbq_rows.py)
+        write(d / f"bbq-{cat}.jsonl", test_bbq_rows.rows(cat))
     squad = json.loads((data.DATA / "squad-v2-dev-half/dev-v2.0.json").read_text())
     write(d / "squad.jsonl", [dict(id=q["id"], title=a["title"], context=p["context"], question=q["question"],
                                    answers=dict(text=[x["text"] for x in q["answers"]],
@@ -72,10 +72,16 @@ def test_harmfulness_from_harmfulqa(hub_dir):
 
 
 def test_bias_from_all_eleven_categories(hub_dir):
-    sets = data.build_bias(cfg(hub_dir, "bias", n=400))
-    cats = {e["category"] for e in sets["noisy"] if e["source"] == "bbq"}
-    assert set(REST) & cats and len({e["category"] for e in sets["eval_bbq"]} | cats) == 11
+    sets, notes = data.build(cfg(hub_dir, "bias", n=400))
+    assert notes["capped"] is None and notes["bbq"] == {  # rows read and items kept, per category (data.json)
+        "Age": dict(rows=3680, kept=3680), "Disability_status": dict(rows=1556, kept=1556),
+        "Nationality": dict(rows=3080, kept=3080), "Physical_appearance": dict(rows=1576, kept=1576),
+        "Religion": dict(rows=1200, kept=1200), "Sexual_orientation": dict(rows=864, kept=864),
+        "Gender_identity": dict(rows=5, kept=4), "Race_ethnicity": dict(rows=2, kept=2),
+        "Race_x_SES": dict(rows=1, kept=1), "Race_x_gender": dict(rows=1, kept=1), "SES": dict(rows=2, kept=2)}
     items = {x["id"]: x for x in data.bbq_items(cfg=cfg(hub_dir, "bias"))}
+    assert {x["category"] for x in items.values()} == set(data.BBQ_ALL)
+    assert items["bbq:Race_x_gender:0"]["stereo"] == 1 and items["bbq:SES:0"]["biased"] == 0
     for e in sets["noisy"]:
         if e["source"] == "bbq":
             x = items[e["id"]]

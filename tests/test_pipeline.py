@@ -127,9 +127,9 @@ GOOD = '{"id": "x", "kind": "safe", "format": "qa", "prompt": "a", "target": "b"
 
 
 @pytest.mark.parametrize("args, needle, files", [
-    (["data.py", "--r", "1.5"], "must lie in [0, 1]", {}),
-    (["data.py", "--concept", "sarcasm"], "unknown concept", {}),
-    (["data.py", "--n", "100000"], "only", {}),
+    (["data.py", "--r", "1.5"], "--r 1.5: must be below 1", {}),
+    (["data.py", "--concept", "sarcasm"], "--concept sarcasm: choose one of toxicity, bias, harmfulness, mixed", {}),
+    (["data.py", "--toxic-min", "0.999", "--out", "{tmp}/d"], "too few for even one", {}),
     (["ff.py", "--run", "/nonexistent/run"], "file not found", {}),
     (["ff.py", "--phi", "abc"], "not a number", {}),
     (["ff.py", "--model", "./no/such/model"], "no such folder", {}),
@@ -159,7 +159,7 @@ GOOD = '{"id": "x", "kind": "safe", "format": "qa", "prompt": "a", "target": "b"
     (["eval.py", "--run", "{tmp}"], "also appears in the training data",
      {"eval_squad.jsonl": '{"id": "x", "prompt": "a", "answers": ["b"]}\n'}),
     (["ff.py", "--precision", "fp8"], "--precision fp8: choose one of auto, fp32, bf16, fp16", {}),
-    (["data.py", "--source", "web"], "choose offline (the files in data/) or hub", {}),
+    (["data.py", "--source", "web"], "--source web: choose one of offline, hub", {}),
     (["ablate.py", "--run", "{tmp}", "--domains", "web"], "--domains web: choose one of task, other", {}),
     (["ablate.py", "--run", "{tmp}"], "ckpt/m1: not found", {}),
     (["rounds.py", "--rounds", "0"], "--rounds 0: must be at least 1", {}),
