@@ -23,6 +23,8 @@
 #                                      # GPT-2 M/L/XL from the hub
 #     bash run.sh smoke                # the GPU check, offline: the whole chain on a random model of the preset's
 #                                      # architecture at small N, timed -> results/smoke_<device>.json (CPU: tiny)
+#     bash run.sh --check paper        # what every data build of the targets would be (sizes, caps), nothing run;
+#                                      # every target checks this first and stops on an impossible build
 #
 # CPU: the embedded SmolLM2-135M-Instruct, offline. On CUDA the same command runs the GPU preset below
 # (SmolLM2-1.7B-Instruct + LoRA; downloads the model once). Each stage prints its own wall time; finished stages are
@@ -33,6 +35,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0; fi
+CHECK_ONLY=; [[ ${1:-} == --check ]] && { CHECK_ONLY=1; shift; }
 TARGETS=("$@")
 [[ ${#TARGETS[@]} -gt 0 ]] || TARGETS=(toxicity bias harmfulness mixed)
 for t in "${TARGETS[@]}"; do  # check every name before hours of work start
@@ -83,6 +86,36 @@ else
 fi
 EXTRA_FF=()
 small() { [[ -z "${GPU:-}" && "$1" != toxicity ]]; }  # the CPU cut for every setting but toxicity
+cut_data() {  # CUT_DATA for concept $1: the CPU cut, or the GPU preset's harmfulness sizes
+  CUT_DATA=()
+  if small "$1"; then CUT_DATA=(--n 96); fi
+  if [[ -n ${GPU:-} && $1 == harmfulness ]]; then  # HarmBench has 200 held-out prompts, AdvBench 520 goals
+    CUT_DATA=(--n-eval 200); [[ -n ${HUB:-} ]] || CUT_DATA+=(--n 300 --n-safety 200)
+  fi
+}
+
+# builds <target>: "concept seed r [N]" for every data build the target makes (paper: those of all its targets)
+builds() {
+  case $1 in
+    paper) for t in toxicity bias harmfulness mixed seeds "${PAPER_SEEDS[@]}" ratios rounds size; do builds "$t"; done ;;
+    seeds) for c in "${SEED_CONCEPTS[@]}"; do for s in 1 2; do echo "$c $s 0.5"; done; done ;;
+    seeds/*) c=${1#seeds/}; echo "${c%-s*} ${1##*-s} 0.5" ;;
+    ratios) for c in toxicity harmfulness bias; do echo "$c 0 0.25"; echo "$c 0 0.75"; done ;;
+    toxicity|bias|harmfulness|mixed|size) echo "${1/size/toxicity} 0 0.5" ;;
+    rounds) for c in "${ROUND_CONCEPTS[@]}"; do  # rounds.py builds all its rounds' draws at once
+      if small "$c"; then echo "$c 0 0.5 $((ROUNDS * 96))"; else echo "$c 0 0.5 $((ROUNDS * ROUND_N))"; fi; done ;;
+  esac
+}
+if [[ -z ${RUN_SH_CHECKED:-} ]]; then  # every build is possible (or capped, said in one line) before any work starts
+  while read -r c s r n; do
+    cut_data "$c"
+    printf 'run.sh: %s, seed %s, r %s%s | ' "$c" "$s" "$r" "${n:+, N $n}"
+    $PY data.py --concept "$c" --seed "$s" --r "$r" "${DATA_ARGS[@]}" "${CUT_DATA[@]}" ${n:+--n "$n"} --check \
+      || { echo "run.sh: the build above is impossible; nothing was run" >&2; exit 2; }
+  done < <(for t in "${TARGETS[@]}"; do builds "$t"; done | sort -u)
+  export RUN_SH_CHECKED=1
+fi
+[[ -z $CHECK_ONLY ]] || exit 0
 
 # setting <name> <concept> <full | filter | scores> <seed> <unsafe ratio>: one run into runs/<name>, reported as
 # results/<name> (scores: the control, M1, M2 and the forgetting scores, for the ablations; no FF, no evaluation, no report)
@@ -90,10 +123,8 @@ setting() {
   local name=$1 concept=$2 mode=$3 seed=$4 r=$5
   local RUN=runs/$name START CUT_DATA=() CUT_FF=() RETRAIN=()
   START=$(date +%s)  # report.py reports the end-to-end time of the run from here
-  if small "$concept"; then CUT_DATA=(--n 96) CUT_FF=(--safety-steps 10 25); fi
-  if [[ -n ${GPU:-} && $concept == harmfulness ]]; then  # HarmBench has 200 held-out prompts, AdvBench 520 goals
-    CUT_DATA=(--n-eval 200); [[ -n ${HUB:-} ]] || CUT_DATA+=(--n 300 --n-safety 200)
-  fi
+  cut_data "$concept"
+  if small "$concept"; then CUT_FF=(--safety-steps 10 25); fi
   [[ $mode == full ]] || RETRAIN=(--no-retrain)
   echo "=== $name: $concept, seed $seed, $r unsafe, $mode"
   # 1) the noisy mixture, the safety set and the held-out evaluation sets                          (seconds)

@@ -226,6 +226,20 @@ def test_experiment_figures_from_hand_made_outputs(tmp_path):
     assert tables.render_figures(tmp_path / "nothing") == "No run of the paper's figures yet.\n"
 
 
+def test_run_sh_checks_every_build_of_paper_first():
+    """`bash run.sh --check paper`: one line per distinct data build of every target paper runs (the four settings,
+    the seeds, the ratios, the rounds' joint build, the size study's), sizes and caps said, nothing run."""
+    import subprocess
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    p = subprocess.run(["bash", str(root / "run.sh"), "--check", "paper"], capture_output=True, text=True, timeout=600)
+    lines = [line for line in p.stdout.splitlines() if line.startswith("run.sh: ")]
+    assert p.returncode == 0, p.stderr
+    assert len(lines) == 17 and all(" | check: " in line and " would build " in line for line in lines)
+    assert sum(line.startswith("run.sh: toxicity, seed 0, r 0.5, N 320 |") for line in lines) == 1  # the rounds'
+    assert "=== " not in p.stdout  # no setting started
+
+
 @pytest.mark.parametrize("target", ["nosuch", "seeds/bias-sx", "seeds/nosuch-s1"])
 def test_run_sh_refuses_an_unknown_target_before_any_work(target, tmp_path):
     import subprocess
