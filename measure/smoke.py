@@ -25,7 +25,7 @@ import eval as ev
 import ff
 from bench import matmul_peak
 from common import DEVICES, GPU_PRESET, UserError, main_guard, opt, parse_config, preset, write_json
-from model import EMBEDDED, hardware, load_tokenizer, setup
+from model import EMBEDDED, checkpoint_bytes, hardware, load_tokenizer, model_config, setup, weight_bytes
 
 # SmolLM2-1.7B-Instruct's config.json (the GPU preset's model), and a tiny model of the same family for CPU.
 ARCHS = {
@@ -116,6 +116,10 @@ def main():
         scoring=dict(examples=cfg.n, wall_s=score_s, examples_per_s=round(cfg.n / score_s, 2),
                      max_new_tokens=cfg.max_new_tokens),
         stages_s=filt["timings_s"], eval_s=evals["wall_s"],
+        # bytes written: the checkpoints (LoRA on CUDA: adapters) against weight_bytes, the rest (rows, stages)
+        disk_bytes=dict(checkpoints=checkpoint_bytes(run / "ckpt"), per_checkpoint_formula=weight_bytes(
+            model_config(str(run / "model")), 8 if lora else 0), run=checkpoint_bytes(run) - checkpoint_bytes(
+            run / "model")),
         peak_memory_gib=dict(ff=filt["peak_memory_gib"], eval=evals["peak_memory_gib"],
                              gpu_allocated=round(torch.cuda.max_memory_allocated() / 2**30, 2) if gpu else None))
     path = Path(cfg.json or f"results/smoke_{device}.json")
