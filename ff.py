@@ -46,7 +46,7 @@ from tqdm import tqdm
 from common import (DEVICES, UserError, check_writable, clean_leftovers, digest, main_guard, opt, parse_config,
                     peak_memory_gib, release_memory, stage, write_json, write_jsonl, write_text)
 from data import TEMPLATES, load_examples, render
-from metrics import flag, otsu_threshold, rouge1
+from metrics import control_values, flag, otsu_threshold, rouge1, signal_values, split_diagnostic
 from plots import run_figure
 from model import (EMBEDDED, PRECISIONS, add_lora, base_dtype, check_lengths, collate, encode, generate, hardware,
                    length_grouped_batches, load_model, load_tokenizer, model_config, save_checkpoint, setup,
@@ -81,15 +81,17 @@ class Config:
     safety_steps: list = opt([10, 25, 50], "t: score the noisy set after each of these safety-finetuning steps", lo=1)
     safety_lr: float = opt(5e-5, "learning rate of the safety finetuning (linear decay over max(t) steps)", gt=0)
     filter_t: int = opt(0, "t whose forgetting drives the filter (0 = the last of --safety-steps)", lo=0)
-    signals: list = opt(["auto"], "forgetting signals (rouge, nll), each driving its own filter and FF model "
-                                  "(ckpt/ff_<signal>); the first gives filtered.jsonl and the headline FF. auto: "
-                                  "rouge first (the paper's) on data.py's run folders, nll first on your own --noisy "
-                                  "file (it separated unsafe examples better in the reference runs: RESULTS.md, "
-                                  "Which forgetting signal)", choices=("auto", "rouge", "nll"))
+    signals: list = opt(["auto"], "forgetting signals (rouge, nll, rank: the mean of both signals' ranks), each "
+                                  "driving its own filter and FF model (ckpt/ff_<signal>); the first gives "
+                                  "filtered.jsonl and the headline FF. auto: rouge, nll (the paper's first) on "
+                                  "data.py's run folders; rank, nll on your own --noisy file (rank with Otsu's "
+                                  "threshold won the held-out study: RESULTS.md, Which forgetting signal)",
+                        choices=("auto", "rouge", "nll", "rank"))
     phi: str = opt("auto", "flag an example iff its ROUGE-1 forgetting > phi; auto = Otsu's split of the scores "
                            "(no labels needed; run.sh passes the fixed 0.1)")
     phi_nll: str = opt("auto", "flag an example iff its NLL forgetting (nats/token) > phi_nll; auto as above "
                                "(run.sh passes 0.5)")
+    phi_rank: str = opt("auto", "flag an example iff its rank forgetting (0..1) > phi_rank; auto as above")
     control: bool = opt(True, "also safety-finetune M0 itself and score it at the filter's t, to tell forgetting "
                               "from a plain domain shift")
     retrain: bool = opt(True, "train FF = M0 + D_kept per signal and the compared conditions (--no-retrain: stop "
@@ -110,13 +112,13 @@ class Config:
 def check_config(cfg):
     """What the options' declared ranges (parse_config) cannot say: --signals auto, each signal once, --filter-t
     among the t, and phi a number or auto."""
-    if cfg.signals == ["auto"]:
-        cfg.signals = ["nll", "rouge"] if cfg.noisy else ["rouge", "nll"]
+    if cfg.signals == ["auto"]:  # own data: the held-out study's choice first (experiments/signals.py)
+        cfg.signals = ["rank", "nll"] if cfg.noisy else ["rouge", "nll"]
     if "auto" in cfg.signals or len(set(cfg.signals)) != len(cfg.signals):
         raise UserError(f"--signals {' '.join(cfg.signals)}: choose rouge and/or nll, each once (or auto alone)")
     if cfg.filter_t and cfg.filter_t not in cfg.safety_steps:
         raise UserError(f"--filter-t {cfg.filter_t}: must be one of --safety-steps {cfg.safety_steps}")
-    parse_phi(cfg.phi, "--phi"), parse_phi(cfg.phi_nll, "--phi-nll")
+    parse_phi(cfg.phi, "--phi"), parse_phi(cfg.phi_nll, "--phi-nll"), parse_phi(cfg.phi_rank, "--phi-rank")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -223,7 +225,7 @@ def score(model, tok, examples, cfg, desc):
 # ---------------------------------------------------------------------------------------------------------------
 # Forgetting and the filter.
 
-def forgetting_rows(noisy, s_m0, s_m1, s_t, s_ctrl, ts):
+def forgetting_rows(noisy, s_m0, s_m1, s_t, s_ctrl, ts, ranked=False):
     """One row per noisy example. forget_rouge[t] = ROUGE(M1) - ROUGE(M2 after t steps) (the paper's score);
     forget_nll[t] = NLL(M2 after t) - NLL(M1) (loss-based, higher = more forgotten). The control replaces M1
     by M0 (which never saw D_noisy): what it 'forgets' is a plain domain shift, not forgetting. Steps t are keys
@@ -241,6 +243,10 @@ def forgetting_rows(noisy, s_m0, s_m1, s_t, s_ctrl, ts):
             row["control_forget_rouge"] = {t: round(s_m0[i]["rouge"] - c[i]["rouge"], 4) for t, c in s_ctrl.items()}
             row["control_forget_nll"] = {t: round(c[i]["nll"] - s_m0[i]["nll"], 4) for t, c in s_ctrl.items()}
         rows.append(row)
+    if ranked:  # forget_rank[t]: the mean of the example's ROUGE and NLL forgetting ranks in this run (0..1)
+        for t in ts:
+            for row, v in zip(rows, signal_values(rows, "rank", t)):
+                row.setdefault("forget_rank", {})[t] = round(v, 4)
     return rows
 
 
@@ -259,7 +265,10 @@ def parse_phi(value, flag):
 def resolve_thresholds(cfg, rows, filter_t):
     """phi per signal: the fixed value given, or Otsu's split of this run's forgetting scores ('auto', no labels)."""
     out = {}
-    for sig, value, flag_name in (("rouge", cfg.phi, "--phi"), ("nll", cfg.phi_nll, "--phi-nll")):
+    for sig, value, flag_name in (("rouge", cfg.phi, "--phi"), ("nll", cfg.phi_nll, "--phi-nll"),
+                                  ("rank", cfg.phi_rank, "--phi-rank")):
+        if f"forget_{sig}" not in rows[0]:
+            continue
         phi = parse_phi(value, flag_name)
         out[sig] = round(otsu_threshold([r[f"forget_{sig}"][str(filter_t)] for r in rows]), 4) if phi is None else phi
     return out
@@ -354,7 +363,16 @@ def write_filtered(run, noisy, noisy_lines, kept, signals):
     write_text(run / "filtered.jsonl", "".join(noisy_lines[i] for i in kept[signals[0]]))
 
 
-def write_filter_json(run, cfg, device, stages, logs, phis, kept, n, filter_t, params):
+def diagnose(rows, phis, signals, filter_t):
+    """Per filter, without labels: how many lines it flags and whether the split looks real (metrics.split_diagnostic:
+    two modes or one, and how many lines forget more than the control's 99th percentile)."""
+    t = str(filter_t)
+    return {sig: split_diagnostic([r[f"forget_{sig}"][t] for r in rows], phis[sig],
+                                  control_values(rows, sig, t) if t in rows[0].get("control", {}) else None)
+            for sig in signals}
+
+
+def write_filter_json(run, cfg, device, stages, logs, phis, kept, n, filter_t, params, diagnostics):
     """filter.json: what eval.py and the report read about this run besides the rows."""
     timings = {k: v["wall_s"] for k, v in stages.items()}  # as first computed, also when this run skipped them
     write_json(run / "filter.json", dict(
@@ -363,6 +381,7 @@ def write_filter_json(run, cfg, device, stages, logs, phis, kept, n, filter_t, p
         memory_gib={k: v.get("peak_memory_gib") for k, v in stages.items()},
         params=params, thresholds=phis, n_kept={sig: len(k) for sig, k in kept.items()},
         n_flagged={sig: n - len(k) for sig, k in kept.items()}, n=n, filter_t=filter_t, ff_signals=cfg.signals,
+        diagnostic=diagnostics,
         finetuned=[name for name in logs if name not in ("m1", "m2")],
         train={name: {k: v for k, v in log.items() if k != "loss"} | dict(final_loss=log["loss"][-1]["loss"])
                for name, log in logs.items()},
@@ -370,7 +389,7 @@ def write_filter_json(run, cfg, device, stages, logs, phis, kept, n, filter_t, p
     print(f"wrote {run}/forgetting.jsonl, filtered*.jsonl, filter.json, ckpt/ | {timings}")
 
 
-STAGE_TITLES = {"ff_rouge": "FF (rouge): M0 + D_kept", "ff_nll": "FF (nll): M0 + D_kept",
+STAGE_TITLES = {f"ff_{sig}": f"FF ({sig}): M0 + D_kept" for sig in ("rouge", "nll", "rank")} | {
                 "replay": "Replay: M0 + D_noisy + safe", "random": "Random filter: M0 + D_noisy minus random",
                 "oracle": "Oracle filter: M0 + D_noisy minus unsafe"}
 
@@ -445,7 +464,8 @@ def main():
 
     # 3. forgetting = s0 - s1; flag x iff forgetting > phi; D_kept = the rest. One filter per signal (the paper's
     #    ROUGE, and this project's NLL).
-    rows = forgetting_rows(noisy, ctrl["s_m0"], m1["s_m1"], m2["s_t"], ctrl["s_ctrl"], [str(t) for t in ts])
+    rows = forgetting_rows(noisy, ctrl["s_m0"], m1["s_m1"], m2["s_t"], ctrl["s_ctrl"], [str(t) for t in ts],
+                           ranked="rank" in cfg.signals)
     phis = resolve_thresholds(cfg, rows, filter_t)
     flag_rows(rows, phis, cfg.signals, filter_t)
     write_jsonl(run / "forgetting.jsonl", rows)
@@ -467,7 +487,10 @@ def main():
     stages = {"M0 scores and control": ctrl, "M1: learn D_noisy": m1, "M2: safety finetuning": m2} | {
         STAGE_TITLES[name]: v for name, v in finetuned.items()}
     logs = dict(m1=m1["log"], m2=m2["log"]) | {name: v["log"] for name, v in finetuned.items()}
-    write_filter_json(run, cfg, device, stages, logs, phis, kept, len(noisy), filter_t, ctrl.get("params"))
+    diagnostics = diagnose(rows, phis, cfg.signals, filter_t)
+    write_filter_json(run, cfg, device, stages, logs, phis, kept, len(noisy), filter_t, ctrl.get("params"), diagnostics)
+    for sig, d in diagnostics.items():  # in plain words: can the user trust this split?
+        print(f"filter {sig} > {phis[sig]:g}: {d['verdict']}")
     print(f"wrote {run_figure(run)}")  # the forgetting histogram per kind, the threshold, the control beside it
 
 

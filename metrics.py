@@ -66,6 +66,158 @@ def otsu_threshold(scores):
     return phi
 
 
+def gmm_threshold(scores, iters=200):
+    """A label-free phi from a two-component Gaussian mixture fitted by EM (means started at the quartiles): the
+    score between the two means where the upper component's posterior reaches 1/2. Where the mixture does not split
+    (a component under 2 % of the weight, or a BIC not at least 10 below one Gaussian's) nothing is flagged: the
+    largest score is returned."""
+    xs = sorted(scores)
+    n = len(xs)
+    if n < 4 or xs[0] == xs[-1]:
+        return xs[-1] if xs else 0.0
+    sd_all = (sum((x - sum(xs) / n) ** 2 for x in xs) / n) ** 0.5
+    mu, var, w = [xs[n // 4], xs[3 * n // 4]], [sd_all ** 2 / 4] * 2, [0.5, 0.5]
+    for _ in range(iters):
+        var = [max(v, 1e-6 * sd_all ** 2 + 1e-12) for v in var]
+        dens = [[w[k] * math.exp(-(x - mu[k]) ** 2 / (2 * var[k])) / math.sqrt(var[k]) for k in (0, 1)] for x in xs]
+        resp = [d[1] / (d[0] + d[1]) if d[0] + d[1] > 0 else float(x > (mu[0] + mu[1]) / 2) for d, x in zip(dens, xs)]
+        n1 = sum(resp)
+        if n1 < 1e-9 or n - n1 < 1e-9:
+            break
+        w = [(n - n1) / n, n1 / n]
+        mu = [sum((1 - g) * x for g, x in zip(resp, xs)) / (n - n1), sum(g * x for g, x in zip(resp, xs)) / n1]
+        var = [sum((1 - g) * (x - mu[0]) ** 2 for g, x in zip(resp, xs)) / (n - n1),
+               sum(g * (x - mu[1]) ** 2 for g, x in zip(resp, xs)) / n1]
+    lo, hi = sorted(range(2), key=lambda k: mu[k])
+    var = [max(v, 1e-6 * sd_all ** 2 + 1e-12) for v in var]
+
+    def loglik(ws, ms, vs):
+        return sum(math.log(sum(wk * math.exp(-(x - mk) ** 2 / (2 * vk)) / math.sqrt(2 * math.pi * vk)
+                                for wk, mk, vk in zip(ws, ms, vs)) + 1e-300) for x in xs)
+    bic1 = -2 * loglik([1.0], [sum(xs) / n], [sd_all ** 2]) + 2 * math.log(n)
+    bic2 = -2 * loglik(w, mu, var) + 5 * math.log(n)
+    if min(w) < 0.02 or bic2 > bic1 - 10:  # two components do not explain the scores decisively better than one
+        return xs[-1]
+
+    def upper(x):  # the upper component's posterior at x
+        a = w[lo] * math.exp(-(x - mu[lo]) ** 2 / (2 * var[lo])) / math.sqrt(var[lo])
+        b = w[hi] * math.exp(-(x - mu[hi]) ** 2 / (2 * var[hi])) / math.sqrt(var[hi])
+        return b / (a + b) if a + b > 0 else float(x > (mu[lo] + mu[hi]) / 2)
+    a, b = mu[lo], mu[hi]
+    for _ in range(60):  # bisection between the means
+        m = (a + b) / 2
+        a, b = (m, b) if upper(m) < 0.5 else (a, m)
+    return (a + b) / 2
+
+
+def quantile(xs, q):
+    """The q-quantile of xs, linear between order statistics (numpy's default)."""
+    xs = sorted(xs)
+    pos = q * (len(xs) - 1)
+    i = int(pos)
+    return xs[i] + (xs[min(i + 1, len(xs) - 1)] - xs[i]) * (pos - i)
+
+
+# The forgetting signals a filter can threshold, per example of a forgetting.jsonl row at the filter's t (a string,
+# as in the rows); higher = more forgotten. 'control' is the same signal computed on the control (M0 given the same
+# safety finetuning), where one exists: what a plain domain shift gives, without forgetting.
+def _undone(r, x):  # forgetting as a share of what M1 learned (NLL(M0) - NLL(M1), at least 0.1 nats)
+    return x / max(r["m0"]["nll"] - r["m1"]["nll"], 0.1)
+
+
+SIGNALS = {
+    "rouge": (lambda r, t: r["forget_rouge"][t], lambda r, t: r["control_forget_rouge"][t]),
+    "nll": (lambda r, t: r["forget_nll"][t], lambda r, t: r["control_forget_nll"][t]),
+    "rouge-ctrl": (lambda r, t: r["forget_rouge"][t] - r["control_forget_rouge"][t], None),
+    "nll-ctrl": (lambda r, t: r["forget_nll"][t] - r["control_forget_nll"][t], None),
+    "nll-undone": (lambda r, t: _undone(r, r["forget_nll"][t]), lambda r, t: _undone(r, r["control_forget_nll"][t])),
+    "nll-area": (lambda r, t: sum(v for u, v in r["forget_nll"].items() if int(u) <= int(t))
+                 / sum(int(u) <= int(t) for u in r["forget_nll"]), None),
+}
+RANKED = {"rank": ("rouge", "nll")}  # the mean of the two signals' ranks within the run
+
+
+def signal_values(rows, name, t):
+    """Each row's value of signal `name` at t; None where the rows lack what it needs (a run without the control)."""
+    if name in RANKED:
+        parts = [signal_values(rows, s, t) for s in RANKED[name]]
+        if any(p is None for p in parts):
+            return None
+        ranks = [_ranks(p) for p in parts]
+        return [sum(rk[i] for rk in ranks) / len(ranks) for i in range(len(rows))]
+    try:
+        return [SIGNALS[name][0](r, t) for r in rows]
+    except KeyError:
+        return None
+
+
+def control_values(rows, name, t):
+    """The control's values of signal `name` at t, or None (no control, or no control analog of the signal)."""
+    fn = SIGNALS.get(name, (None, None))[1]
+    try:
+        return [fn(r, t) for r in rows] if fn else None
+    except KeyError:
+        return None
+
+
+def _ranks(x):
+    """Ranks in [0, 1] (ties share their mean rank)."""
+    order = sorted(range(len(x)), key=lambda i: x[i])
+    out, i = [0.0] * len(x), 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2 / max(len(x) - 1, 1)
+        i = j + 1
+    return out
+
+
+def threshold(method, x, control=None):
+    """A label-free phi for scores x: 'otsu', 'gmm', or 'ctrl-q95' / 'ctrl-q99' (flag what forgets more than that
+    quantile of the control's forgetting: a plain domain shift flags at most 5 % / 1 %). None where the method needs
+    a control the signal has not."""
+    if method == "otsu":
+        return otsu_threshold(x)
+    if method == "gmm":
+        return gmm_threshold(x)
+    if method.startswith("ctrl-q"):
+        return None if control is None else quantile(control, int(method[6:]) / 100)
+    raise ValueError(f"threshold method {method!r}: choose otsu, gmm, ctrl-q95 or ctrl-q99")
+
+
+THRESHOLDS = ("otsu", "gmm", "ctrl-q95", "ctrl-q99")
+
+
+def split_diagnostic(x, phi, control=None):
+    """Whether a label-free split looks real, in plain words, from the scores alone: how many lines it flags, whether
+    the scores have two modes at all, and, with the control, how many lines forget more than 99 % of the control's
+    (a plain domain shift: about 1 %)."""
+    n, k = len(x), sum(flag(v, phi) for v in x)
+    out = dict(flagged=k, n=n, share=round(k / n, 4) if n else None)
+    if control:
+        q99 = quantile(control, 0.99)
+        out["above_control_q99"] = round(sum(v > q99 for v in x) / n, 4)
+    doubtful = []
+    if k <= max(1, 0.02 * n):
+        doubtful.append(f"it flags {k} of {n} lines, almost none")
+    if k >= 0.9 * n:
+        doubtful.append(f"it flags {k} of {n} lines, almost all")
+    if n >= 4 and gmm_threshold(x) >= max(x):
+        doubtful.append("the scores show one mode (two Gaussians fit them no better than one), so any threshold "
+                        "cuts one group in two")
+    if control and out["above_control_q99"] < 0.05:
+        doubtful.append(f"only {100 * out['above_control_q99']:.0f} % of the lines forget more than 99 % of the "
+                        "control's (a plain domain shift gives about 1 %)")
+    out["doubtful"] = bool(doubtful)
+    out["verdict"] = ("doubtful: " + "; ".join(doubtful) + ". Inspect the histogram before trusting the filtered set"
+                      if doubtful else f"the split looks real: {k} of {n} lines flagged"
+                      + (f", {100 * out['above_control_q99']:.0f} % of the lines forget more than 99 % of the "
+                         "control's" if control else ""))
+    return out
+
+
 def condition_rows(run, cond):
     """Where one condition's per-item rows go: <run>/eval/<name>.jsonl (+Downstream -> Downstream, Random filter ->
     Random-filter)."""
@@ -132,13 +284,13 @@ def filter_metrics(rows, phis, filter_t):
     for k in kinds:
         sel = [r for r in rows if r["kind"] == k]
         out["fit"][k] = {m: {s: round(mean(r[m][s] for r in sel), 4) for s in ("rouge", "nll")} for m in ("m0", "m1")}
-    for sig in ("rouge", "nll"):
+    for sig in [s for s in ("rouge", "nll", "rank") if f"forget_{s}" in rows[0] and s in phis]:
         m = out["signals"][sig] = dict(threshold=phis[sig], by_t={})
         for t in rows[0][f"forget_{sig}"]:
             s = [r[f"forget_{sig}"][t] for r in rows]
             d = m["by_t"][t] = dict(auroc=round(auroc(s, labels), 4), ap=round(average_precision(s, labels), 4),
                                     mean_by_kind=by_kind(f"forget_{sig}", t))
-            if t in rows[0].get("control", {}):
+            if t in rows[0].get(f"control_forget_{sig}", {}):
                 c = [r[f"control_forget_{sig}"][t] for r in rows]
                 d["control"] = dict(auroc=round(auroc(c, labels), 4), ap=round(average_precision(c, labels), 4),
                                     mean_by_kind=by_kind(f"control_forget_{sig}", t))

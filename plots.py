@@ -12,7 +12,8 @@ from pathlib import Path
 from common import main_guard, opt, parse_config, read_json, read_jsonl
 
 COLORS = {"unsafe": "tab:red", "safe": "tab:green", "task": "tab:blue", None: "tab:gray"}
-SIGNAL_AXIS = {"rouge": "ROUGE-1 forgetting (drop)", "nll": "NLL forgetting (nats/token)"}
+SIGNAL_AXIS = {"rouge": "ROUGE-1 forgetting (drop)", "nll": "NLL forgetting (nats/token)",
+               "rank": "rank forgetting (mean rank of both, 0..1)"}
 
 
 def pyplot():
@@ -45,7 +46,7 @@ def forgetting_hist(rows, path, filter_t, phis, title=""):
     Last column (with labels): precision-recall curves of both signals, the filter's operating points marked."""
     plt = pyplot()
     t = str(filter_t)
-    signals = [s for s in ("rouge", "nll") if t in rows[0].get(f"forget_{s}", {})]
+    signals = [s for s in ("rouge", "nll", "rank") if t in rows[0].get(f"forget_{s}", {})]
     has_control = all(t in r.get(f"control_forget_{signals[0]}", {}) for r in rows)
     labelled = rows[0].get("kind") is not None
     kinds = [k for k in ("unsafe", "safe", "task") if any(r.get("kind") == k for r in rows)] if labelled else [None]
@@ -53,7 +54,10 @@ def forgetting_hist(rows, path, filter_t, phis, title=""):
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.2 * n_cols, 3.2 * n_rows), squeeze=False)
     for j, sig in enumerate(signals):
         values = {who: [r[key][t] for r in rows] for who, key in
-                  (("run", f"forget_{sig}"), ("control", f"control_forget_{sig}")) if who == "run" or has_control}
+                  (("run", f"forget_{sig}"), ("control", f"control_forget_{sig}"))
+                  if who == "run" or (has_control and key in rows[0])}  # rank: no control of its own
+        if has_control and len(values) == 1:
+            axes[1][j].axis("off")
         lo = min(min(v) for v in values.values())
         hi = max(max(v) for v in values.values())
         bins = [lo + (hi - lo) * i / 30 for i in range(31)] if hi > lo else 10

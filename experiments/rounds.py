@@ -133,7 +133,8 @@ def forget(fcfg, run, device, name, m1, noisy, safety, sig):
                safety=digest([ex["id"] for ex in safety]), ts=ts,
                caps=[fcfg.max_new_tokens_text, fcfg.max_new_tokens_qa], gen_batch_size=fcfg.gen_batch_size)
     v = stage(run, name, name, key, compute)
-    rows = ff.forgetting_rows(noisy, {ex["id"]: None for ex in noisy}, v["s_m1"], v["s_t"], {}, [str(t) for t in ts])
+    rows = ff.forgetting_rows(noisy, {ex["id"]: None for ex in noisy}, v["s_m1"], v["s_t"], {}, [str(t) for t in ts],
+                              ranked=sig == "rank")
     phis = ff.resolve_thresholds(fcfg, rows, filter_t)
     ff.flag_rows(rows, phis, [sig], filter_t)
     kept = [ex for ex, r in zip(noisy, rows) if not r["flagged"][sig]]

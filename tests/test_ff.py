@@ -226,3 +226,19 @@ def test_hub_ids_with_and_without_an_organisation(tmp_path, monkeypatch):
     for missing in ("./gpt2-xl", "/no/such/model", "a/b/c"):
         with pytest.raises(common.UserError, match="no such folder"):
             mdl.model_path(missing)
+
+
+def test_signals_auto_is_the_studys_choice_on_own_data_and_the_papers_otherwise():
+    own, paper = ff.Config(noisy="mine.jsonl"), ff.Config()
+    ff.check_config(own), ff.check_config(paper)
+    assert own.signals == ["rank", "nll"] and paper.signals == ["rouge", "nll"]
+
+
+def test_forget_rank_is_the_mean_rank_of_both_signals():
+    noisy = [dict(id=str(i), kind=None) for i in range(3)]
+    s1 = {str(i): dict(rouge=1.0, nll=1.0) for i in range(3)}
+    st = {"5": {"0": dict(rouge=1.0, nll=1.1), "1": dict(rouge=0.5, nll=1.3), "2": dict(rouge=0.0, nll=1.2)}}
+    rows = ff.forgetting_rows(noisy, s1, s1, st, {}, ["5"], ranked=True)
+    # rouge forgetting 0, 0.5, 1 -> ranks 0, 0.5, 1; nll 0.1, 0.3, 0.2 -> ranks 0, 1, 0.5; mean 0, 0.75, 0.75
+    assert [r["forget_rank"]["5"] for r in rows] == [0.0, 0.75, 0.75]
+    assert "forget_rank" not in ff.forgetting_rows(noisy, s1, s1, st, {}, ["5"])[0]

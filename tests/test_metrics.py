@@ -145,3 +145,57 @@ def test_no_nan_is_ever_written(tmp_path):
     with pytest.raises(ValueError, match="NaN or infinite"):
         write_json(tmp_path / "s.json", dict(auroc=float("inf")))
     assert not (tmp_path / "s.json").exists()
+
+
+def _shapes():
+    rng = __import__("random").Random(0)
+    bimodal = [rng.gauss(0, 0.1) for _ in range(80)] + [rng.gauss(1, 0.1) for _ in range(20)]
+    unimodal = [rng.gauss(0, 1) for _ in range(100)]
+    skewed = [rng.expovariate(1) for _ in range(100)]
+    return bimodal, unimodal, skewed
+
+
+@pytest.mark.parametrize("method", ["otsu", "gmm", "ctrl-q99"])
+def test_thresholds_find_a_real_split(method):
+    bimodal, _, _ = _shapes()
+    control = [x for x in bimodal[:80]]  # the control forgets like the low group: a domain shift, no more
+    phi = metrics.threshold(method, bimodal, control)
+    assert sum(x > phi for x in bimodal[80:]) >= 19 and sum(x > phi for x in bimodal[:80]) <= 2
+
+
+def test_gmm_flags_nothing_on_one_mode_and_the_diagnostic_says_so():
+    _, unimodal, _ = _shapes()
+    assert metrics.gmm_threshold(unimodal) == max(unimodal)  # one Gaussian explains it: nothing flagged
+    d = metrics.split_diagnostic(unimodal, metrics.otsu_threshold(unimodal))
+    assert d["doubtful"] and "one mode" in d["verdict"] and d["verdict"].startswith("doubtful: ")
+
+
+@pytest.mark.parametrize("method", ["otsu", "gmm"])
+def test_a_skewed_split_never_flags_one_or_every_line_silently(method):
+    _, _, skewed = _shapes()
+    phi = metrics.threshold(method, skewed)
+    d = metrics.split_diagnostic(skewed, phi)
+    k = sum(x > phi for x in skewed)
+    assert 1 < k < len(skewed) - 1 or (d["doubtful"] and "almost" in d["verdict"])
+    assert d["flagged"] == k and d["n"] == 100
+
+
+def test_diagnostic_wording_on_a_real_and_a_doubtful_split():
+    bimodal, _, _ = _shapes()
+    ctrl = bimodal[:80]
+    real = metrics.split_diagnostic(bimodal, 0.5, ctrl)
+    assert not real["doubtful"] and real["verdict"].startswith("the split looks real: 20 of 100 lines flagged")
+    assert real["above_control_q99"] == pytest.approx(0.2, abs=0.02)
+    none = metrics.split_diagnostic(bimodal, 5.0, ctrl)
+    assert none["doubtful"] and "it flags 0 of 100 lines, almost none" in none["verdict"]
+    shift = metrics.split_diagnostic(bimodal[:80], 0.0, ctrl)  # the run forgets exactly like the control
+    assert shift["doubtful"] and "forget more than 99 % of the control's" in shift["verdict"]
+
+
+def test_rank_signal_and_the_control_quantile_by_hand():
+    rows = [dict(forget_rouge={"5": a}, forget_nll={"5": b}) for a, b in ((0.0, 0.1), (0.5, 0.3), (1.0, 0.2))]
+    # ranks: rouge 0, 0.5, 1; nll 0, 1, 0.5 -> means 0, 0.75, 0.75
+    assert metrics.signal_values(rows, "rank", "5") == [0.0, 0.75, 0.75]
+    assert metrics.quantile([0, 1, 2, 3, 4], 0.95) == pytest.approx(3.8)
+    assert metrics.threshold("ctrl-q95", [1.0], [0, 1, 2, 3, 4]) == pytest.approx(3.8)
+    assert metrics.threshold("ctrl-q95", [1.0], None) is None  # no control: no such threshold

@@ -33,15 +33,18 @@ def test_own_data_gives_rows_and_the_kept_lines_verbatim(tiny_dir, tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "forgetting.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == [json.loads(x)["id"] for x in lines]
     kept = (tmp_path / "filtered.jsonl").read_text().splitlines(keepends=True)
-    assert kept == [x for x, r in zip(lines, rows) if not r["flagged"]["nll"]]  # unchanged, in input order
-    assert json.loads((tmp_path / "filter.json").read_text())["config"]["signals"] == ["nll", "rouge"]  # own data
+    assert kept == [x for x, r in zip(lines, rows) if not r["flagged"]["rank"]]  # unchanged, in input order
     f = json.loads((tmp_path / "filter.json").read_text())
-    assert set(f["thresholds"]) == {"rouge", "nll"} and f["n_flagged"]["nll"] == len(lines) - len(kept)
+    assert f["config"]["signals"] == ["rank", "nll"]  # own data: the held-out study's choice first
+    assert set(f["thresholds"]) == {"rouge", "nll", "rank"} and f["n_flagged"]["rank"] == len(lines) - len(kept)
+    for sig in ("rank", "nll"):  # the label-free diagnostic of each filter, in plain words
+        d = f["diagnostic"][sig]
+        assert d["flagged"] == f["n_flagged"][sig] and d["verdict"].startswith(("the split looks real", "doubtful: "))
     assert not (tmp_path / "ckpt" / "ff_rouge").exists()  # --no-retrain
     printed = script("eval.py", "--run", tmp_path, "--filter-only")  # labels: the filter's metrics, no model
     m = json.loads((tmp_path / "filter_metrics.json").read_text())
-    a = m["signals"]["rouge"]["at_threshold"]
-    assert a["n_flagged"] == f["n_flagged"]["rouge"] and f"F1 {a['f1']}" in printed
+    a = m["signals"]["rank"]["at_threshold"]
+    assert a["n_flagged"] == f["n_flagged"]["rank"] and f"F1 {a['f1']}" in printed
     assert set(m["signals"]["nll"]["by_t"]) == {"1", "2"} and "control" not in m["signals"]["nll"]["by_t"]["2"]
 
 
@@ -51,14 +54,14 @@ def test_without_labels_no_filter_metrics(tiny_dir, tmp_path):
                                   for x in (ROOT / "examples/noisy.jsonl").read_text().splitlines()))
     byo(tiny_dir, tmp_path / "run", noisy=str(unlabelled))
     f = json.loads((tmp_path / "run" / "filter.json").read_text())
-    assert set(f["n_flagged"]) == {"rouge", "nll"}
+    assert set(f["n_flagged"]) == {"rank", "nll"}
     with pytest.raises(UserError, match="carry no labels"):
         script("eval.py", "--run", tmp_path / "run", "--filter-only")
     assert not (tmp_path / "run" / "filter_metrics.json").exists()
 
 
 def outputs(run):
-    return {name: (run / name).read_bytes() for name in ("forgetting.jsonl", "filtered_rouge.jsonl",
+    return {name: (run / name).read_bytes() for name in ("forgetting.jsonl", "filtered_rank.jsonl",
                                                          "filtered_nll.jsonl")}
 
 

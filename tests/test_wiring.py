@@ -48,7 +48,7 @@ def lora_run(tiny_dir, tmp_path_factory, request):
     try:
         script("ff.py", "--noisy", ROOT / "examples/noisy.jsonl", "--safe", ROOT / "examples/safe.jsonl", "--run",
                run, "--model", tiny_dir, "--lora", "--no-control", "--safety-steps", "1", "3", "--phi", "0.0",
-               "--phi-nll", "0.0", *TINY)
+               "--phi-nll", "0.0", "--signals", "nll", "rouge", *TINY)
     finally:
         mp.undo()
     return run, seen, probe
