@@ -20,6 +20,7 @@ from common import UserError, main_guard, opt, parse_config, read_json, read_jso
 from metrics import (RANKED, SIGNALS, THRESHOLDS, at_threshold, auroc, average_precision, control_values, mean,
                      signal_values, threshold)
 from plots import pyplot, save
+from tables import floors
 
 CONCEPTS = ("toxicity", "bias", "harmfulness", "mixed")
 FIXED = {"rouge": 0.1, "nll": 0.5}  # the paper's fixed phi (run.sh), a reference
@@ -69,9 +70,8 @@ def measure(run):
 
 
 def flag_all_f1(run):
-    """F1 (%) of flagging every line: the floor a useful filter must beat (precision = the unsafe share, recall 1)."""
-    p = sum(r["kind"] == "unsafe" for r in run["rows"]) / len(run["rows"])
-    return 100 * 2 * p / (1 + p)
+    """F1 (%) of flagging every line: the floor a useful filter must beat (tables.floors, as Table 1 has it)."""
+    return floors([(True, r["kind"] == "unsafe") for r in run["rows"]])[0]
 
 
 def by_setting(runs, scores, cand):

@@ -136,6 +136,7 @@ def adapter_checks(tmp):
     the adapter file's bytes against weight_bytes(), which the projection applies to the real configurations."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    import ff  # the paper's LoRA (r 8, alpha 16, dropout 0.05), as ff.py trains it
     from model import add_lora, checkpoint_bytes, save_checkpoint, weight_bytes
     tok = load_tokenizer(EMBEDDED)
     shapes = {"llama (1.7B's shape)": (LlamaForCausalLM, LlamaConfig(
@@ -150,18 +151,11 @@ def adapter_checks(tmp):
         base = cls(config)
         base.save_pretrained(tmp / name)
         tok.save_pretrained(tmp / name)
-        save_checkpoint(add_lora(base, DataLoraConfig()), tok, tmp / (name + " lora"), base=tmp / name)
+        save_checkpoint(add_lora(base, ff.Config(lora=True)), tok, tmp / (name + " lora"), base=tmp / name)
         adapter = (tmp / (name + " lora") / "adapter_model.safetensors").stat().st_size
         out[name] = dict(adapter_bytes=adapter, formula_bytes=weight_bytes(config, 8),
                          checkpoint_bytes=checkpoint_bytes(tmp / (name + " lora")))
     return out
-
-
-@dataclass
-class DataLoraConfig:  # the paper's LoRA, as ff.Config has it
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
 
 
 def disk(name, m, tok_bytes, rows_bytes):
