@@ -39,9 +39,10 @@ def save(fig, path):
 # One run: forgetting per kind at the filter's t, the threshold, the control beside it, and (with labels) the
 # precision-recall curves of both signals.
 
-def forgetting_hist(rows, path, filter_t, phis, title=""):
+def forgetting_hist(rows, path, filter_t, phis, title="", default=None):
     """Row 1: a histogram of each signal's forgetting at t = filter_t, one colour per kind (one grey histogram when
-    the rows carry no labels), the threshold as a dashed line. Row 2 (when the control ran): the same for the control
+    the rows carry no labels), the threshold as a dashed line; the `default` signal's (the one filtered.jsonl
+    follows) is drawn solid and named so in its panel's title. Row 2 (when the control ran): the same for the control
     (M0 safety-finetuned), on the same axes: if it looks like row 1, the split is a domain shift, not forgetting.
     Last column (with labels): precision-recall curves of both signals, the filter's operating points marked."""
     plt = pyplot()
@@ -67,12 +68,14 @@ def forgetting_hist(rows, path, filter_t, phis, title=""):
                 sel = [x for x, r in zip(xs, rows) if r.get("kind") == k]
                 ax.hist(sel, bins=bins, alpha=0.55, color=COLORS.get(k, "tab:purple"),
                         label=f"{k or 'all'} ({len(sel)})")
+            chosen = sig == default
             if sig in phis and phis[sig] is not None:
-                ax.axvline(phis[sig], color="black", ls="--", lw=1, label=f"phi = {phis[sig]:g}")
+                ax.axvline(phis[sig], color="black", ls="-" if chosen else "--", lw=1.6 if chosen else 1,
+                           label=f"phi = {phis[sig]:g}" + (" (filtered.jsonl)" if chosen else ""))
             ax.set_xlabel(SIGNAL_AXIS[sig])
             ax.set_ylabel("examples")
-            ax.set_title(f"{sig}, t = {t}" + (": control (M0 + D_safe)" if who == "control" else ": M1 -> M2"),
-                         fontsize=9)
+            ax.set_title(f"{sig}, t = {t}" + (": control (M0 + D_safe)" if who == "control" else ": M1 -> M2")
+                         + (", default filter" if chosen and who == "run" else ""), fontsize=9)
             ax.legend(fontsize=7)
     if labelled:
         from sklearn.metrics import precision_recall_curve
@@ -107,7 +110,8 @@ def run_figure(run):
     rows = read_jsonl(run / "forgetting.jsonl", required=("id",))
     cfg = filt["config"]
     return forgetting_hist(rows, run / "forgetting_hist.png", filt["filter_t"], filt["thresholds"],
-                           f"{run.name}: {cfg['model']}, seed {cfg['seed']}, {filt['n']} noisy examples")
+                           f"{run.name}: {cfg['model']}, seed {cfg['seed']}, {filt['n']} noisy examples",
+                           default=(filt.get("ff_signals") or list(filt["thresholds"]))[0])
 
 
 @dataclass

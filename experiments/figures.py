@@ -52,7 +52,8 @@ def results_figures(folder, s):
         f = s["filter"]
         forgetting_hist(read_jsonl(folder / "forgetting.jsonl", required=("id",)), folder / "forgetting_hist.png",
                         f["filter_t"], {sig: d["threshold"] for sig, d in f["signals"].items()},
-                        f"{s.get('name', s['concept'])}: {s['model']}, seed {s['seed']}")
+                        f"{s.get('name', s['concept'])}: {s['model']}, seed {s['seed']}",
+                        default=next(iter(f["signals"])))  # the paper's filter: the first signal
 
 
 # ---------------------------------------------------------------------------------------------------------------
