@@ -31,7 +31,7 @@ from common import (DEVICES, UserError, digest, main_guard, opt, parse_config, p
 from data import BBQ_CHOOSE, bbq_prompt, check_disjoint, render
 from metrics import (bbq_metrics, bbq_positions, condition_rows, filter_metrics, first_line, is_degenerate, is_refusal,
                      mean, parse_bbq_answer, squad_em, squad_f1)
-from model import base_dtype, generate, load_model, setup
+from model import generate, load_model, score_dtype, setup
 
 EVAL_SETS = {"toxicity": ("id", "prompt"), "bbq": ("id", "prompt", "options", "gold", "biased", "unknown"),
              "harmful": ("id", "prompt"), "squad": ("id", "prompt", "answers")}
@@ -289,8 +289,9 @@ def main():
     evaluate_filter(run)
     filt = read_json(run / "filter.json")
     device, _, _, _ = setup(cfg.device)
-    # every condition at the precision its run was scored at: a LoRA run's base in the autocast dtype, as ff.py has it
-    dtype = base_dtype(device, filt["config"].get("lora", False), filt["config"].get("precision", "auto"))
+    # every condition at the precision its run was scored at (model.score_dtype, as ff.py has it)
+    dtype = score_dtype(device, filt["config"].get("lora", False),
+                        filt.get("resolved_precision", filt["config"].get("precision", "auto")))
     scorer_name, scorer = load_scorer(cfg.scorer, device) if "toxicity" in sets else (None, None)
     conds = conditions(filt["config"]["signals"], cfg.self_correct and any(k in SC_CUES for k in sets),
                        filt.get("finetuned", []))

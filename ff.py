@@ -49,8 +49,9 @@ from data import TEMPLATES, load_examples, render
 from metrics import control_values, flag, otsu_threshold, rouge1, signal_values, split_diagnostic
 from plots import run_figure
 from model import (EMBEDDED, PRECISIONS, add_lora, base_dtype, check_lengths, collate, encode, generate, hardware,
-                   length_grouped_batches, load_model, load_tokenizer, model_config, save_checkpoint, setup,
-                   setup_device, target_ids, token_budget_split, tokenizer_bytes, weight_bytes)
+                   length_grouped_batches, load_model, load_tokenizer, model_config, precision_name, save_checkpoint,
+                   score_dtype, setup, setup_device, target_ids, token_budget_split, tokenizer_bytes, weight_bytes,
+                   weights_in)
 
 FUSED = os.environ.get("FF_FUSED", "1") == "1"  # fused AdamW (one kernel for all parameters); FF_FUSED=0 to compare
 
@@ -105,8 +106,10 @@ class Config:
     max_new_tokens_qa: int = opt(48, "generation cap for the QA format", lo=1)
     seed: int = opt(0, "seed of initialisation order, batch order and LoRA init", lo=0)
     device: str = opt("auto", "auto, cpu or cuda", choices=DEVICES)
-    precision: str = opt("auto", "training precision: auto (bf16 autocast on CUDA, fp16 + GradScaler where bf16 is "
-                                 "missing; fp32 on CPU), fp32, bf16 or fp16 (autocast on CPU too)", choices=PRECISIONS)
+    precision: str = opt("auto", "precision of training and scoring: auto (bf16 autocast on CUDA, fp16 + GradScaler "
+                                 "where bf16 is missing; on CPU model.CPU_AUTO where the cores run it natively, else "
+                                 "fp32), fp32, bf16 or fp16 (autocast on CPU too, emulated where not native)",
+                         choices=PRECISIONS)
 
 
 def check_config(cfg):
@@ -214,8 +217,10 @@ def score(model, tok, examples, cfg, desc):
     """s(M, x) for every example: greedy generation, its ROUGE-1 against the target, and the target NLL."""
     was = model.training
     model.eval()
-    gens, nll = generate(model, tok, [render(ex) for ex in examples], caps_for(examples, cfg), cfg.gen_batch_size,
-                         targets=[target_ids(tok, ex, cfg.max_len) for ex in examples], desc=desc)
+    dtype = score_dtype(next(model.parameters()).device.type, cfg.lora, cfg.precision)
+    with weights_in(model, dtype):  # bf16 runs score in bf16 too; the fp32 master weights are put back after
+        gens, nll = generate(model, tok, [render(ex) for ex in examples], caps_for(examples, cfg), cfg.gen_batch_size,
+                             targets=[target_ids(tok, ex, cfg.max_len) for ex in examples], desc=desc)
     model.train(was)
     release_memory()
     return {ex["id"]: dict(gen=g, rouge=round(rouge1(ex["target"], g), 4), nll=round(n, 4))
@@ -345,8 +350,9 @@ def stage_keys(cfg, device, noisy, safety, ts, filter_t):
     train_fields = ("model", "lora", "lora_r", "lora_alpha", "lora_dropout", "batch_size", "micro_tokens",
                     "grad_clip", "max_len", "max_new_tokens_text", "max_new_tokens_qa", "seed")
     base = dict({f: getattr(cfg, f) for f in train_fields}, device=device, noisy=digest(noisy))
-    if cfg.precision != "auto":  # keyed only when set, so that runs made before the option existed still resume
-        base["precision"] = cfg.precision
+    precision = precision_name(device, cfg.precision)  # auto resolved: the dtype the stage actually ran in
+    if precision != "fp32":  # fp32 is not keyed, so that runs made before the option existed still resume
+        base["precision"] = precision
     safety_key = dict(safety=digest(safety), safety_lr=cfg.safety_lr, ts=ts)
     m1 = dict(base, lr=cfg.lr, epochs=cfg.epochs)
     return dict(control=dict(base, **safety_key, control=cfg.control, filter_t=filter_t), m1=m1,
@@ -376,7 +382,8 @@ def write_filter_json(run, cfg, device, stages, logs, phis, kept, n, filter_t, p
     """filter.json: what eval.py and the report read about this run besides the rows."""
     timings = {k: v["wall_s"] for k, v in stages.items()}  # as first computed, also when this run skipped them
     write_json(run / "filter.json", dict(
-        config=dataclasses.asdict(cfg), device=device, precision=setup_device(device, cfg.precision)[3], hardware=hardware(),
+        config=dataclasses.asdict(cfg), device=device, precision=setup_device(device, cfg.precision)[3],
+        resolved_precision=precision_name(device, cfg.precision), hardware=hardware(),
         torch=torch.__version__, timings_s=timings, peak_memory_gib=peak_memory_gib(),
         memory_gib={k: v.get("peak_memory_gib") for k, v in stages.items()},
         params=params, thresholds=phis, n_kept={sig: len(k) for sig, k in kept.items()},

@@ -85,6 +85,8 @@ else
   SIZE_MODELS=(smollm2-135m)  # the embedded model: the other sizes need the hub and a GPU
 fi
 EXTRA_FF=()
+# FF_PRECISION=fp32 bash run.sh: every run at that precision instead of ff.py's auto (bf16 where the CPU has it)
+[[ -z ${FF_PRECISION:-} ]] || EXTRA_FF+=(--precision "$FF_PRECISION")
 small() { [[ -z "${GPU:-}" && "$1" != toxicity ]]; }  # the CPU cut for every setting but toxicity
 cut_data() {  # CUT_DATA for concept $1: the CPU cut, or the GPU preset's harmfulness sizes
   CUT_DATA=()
@@ -163,16 +165,18 @@ for t in "${TARGETS[@]}"; do
       for c in "${ROUND_CONCEPTS[@]}"; do  # --n: each round's draw (N of the settings split over the rounds)
         CUT=(); if small "$c"; then CUT=(--n 96 --safety-steps 10 25); fi
         $PY experiments/rounds.py --run "runs/rounds/$c" --concept "$c" --rounds "$ROUNDS" --phi 0.1 --phi-nll 0.5 \
-          --name "rounds/$c" --results "$RESULTS" "${DATA_ARGS[@]}" --n "$ROUND_N" "${FF_ARGS[@]}" "${EVAL_ARGS[@]}" "${CUT[@]}"
+          --name "rounds/$c" --results "$RESULTS" "${DATA_ARGS[@]}" --n "$ROUND_N" "${FF_ARGS[@]}" "${EVAL_ARGS[@]}" \
+          "${CUT[@]}" "${EXTRA_FF[@]}"
       done ;;
     size)
+      SAVED_FF=("${EXTRA_FF[@]}")
       for m in "${SIZE_MODELS[@]}"; do  # the filter only (no FF, no evaluation), toxicity at 50 % unsafe
         # the embedded model's point is the toxicity setting itself when its run recorded the model's size
         [[ $m == smollm2-135m ]] && grep -qs '"params": [0-9]' results/toxicity/summary.json && continue
-        EXTRA_FF=(--model "$m"); [[ $m == gpt2* ]] && EXTRA_FF+=(--lora)
+        EXTRA_FF=("${SAVED_FF[@]}" --model "$m"); [[ $m == gpt2* ]] && EXTRA_FF+=(--lora)
         setting "size/toxicity-${m##*/}" toxicity filter 0 0.5
       done
-      EXTRA_FF=()
+      EXTRA_FF=("${SAVED_FF[@]}")
       $PY experiments/figures.py ;;
     *) setting "$t" "$t" full 0 0.5 ;;
   esac

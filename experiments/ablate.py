@@ -30,7 +30,7 @@ from common import (DEVICES, UserError, digest, git_commit, main_guard, opt, par
 from data import Config as DataConfig, advbench_pairs, alpaca_items, c4_sentences, load_examples, text_example
 from metrics import at_threshold, auroc, average_precision, forgetting_gap
 from figures import ablation_figure
-from model import setup
+from model import precision_name, setup
 
 
 DATA_FIELDS = {f.name for f in dataclasses.fields(DataConfig)}
@@ -122,7 +122,7 @@ def variant(run, cfg, device, m1_key, noisy, name, examples, t, title):
                  on_step=ff.scores_at(store, model, tok, noisy, cfg, title, [t]))
         return dict(scores=store[str(t)], n=len(examples))
     key = dict(m1=m1_key, examples=digest([ex["id"] for ex in examples]), t=t, schedule=schedule,
-               safety_lr=cfg.safety_lr, device=device, precision=cfg.precision)
+               safety_lr=cfg.safety_lr, device=device, precision=precision_name(device, cfg.precision))
     return stage(run, f"ablate_{name}", title, key, compute)["scores"]
 
 

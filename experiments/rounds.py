@@ -27,7 +27,7 @@ import data
 from common import UserError, digest, git_commit, main_guard, opt, parse_config, stage, write_json, write_jsonl
 from eval import SCORERS, evaluate, load_scorer
 from figures import rounds_figure
-from model import check_lengths, load_tokenizer, save_checkpoint, setup
+from model import check_lengths, load_tokenizer, precision_name, save_checkpoint, score_dtype, setup, weights_in
 from metrics import metric
 from report import fmt
 
@@ -37,7 +37,7 @@ POINT_METRICS = ("toxicity", "s_amb", "compliance", "squad_f1")  # of metrics.ME
 FF_OPTIONS = [f for f in dataclasses.fields(ff.Config)
               if f.name not in ("run", "noisy", "safe", "format", "control", "retrain", "baselines")]
 TRAIN_FIELDS = ("model", "lora", "lora_r", "lora_alpha", "lora_dropout", "batch_size", "micro_tokens", "grad_clip",
-                "max_len", "seed", "lr", "epochs", "safety_lr", "precision")  # what a checkpoint depends on
+                "max_len", "seed", "lr", "epochs", "safety_lr")  # what a checkpoint depends on, with the precision
 
 
 @dataclass
@@ -102,7 +102,8 @@ def round_data(cfg):
 def finetune(fcfg, run, device, name, parent, examples, safety_steps=None):
     """ckpt/<name> = the checkpoint `parent` (None: M0) finetuned on `examples` (epochs, or the safety schedule).
     Returns the checkpoint's reference: its name and the digest of what produced it."""
-    key = dict({f: getattr(fcfg, f) for f in TRAIN_FIELDS}, device=device, parent=parent,
+    key = dict({f: getattr(fcfg, f) for f in TRAIN_FIELDS}, precision=precision_name(device, fcfg.precision),
+               device=device, parent=parent,
                examples=digest([ex["id"] for ex in examples]), steps=safety_steps)
 
     def compute():
@@ -129,7 +130,8 @@ def forget(fcfg, run, device, name, m1, noisy, safety, sig):
         ff.train(model, tok, safety, fcfg, fcfg.safety_lr, steps=ts[-1], desc=f"{name}: M2 <- M1 + D_safe",
                  on_step=ff.scores_at(s_t, model, tok, noisy, fcfg, f"{name}: M2", ts))
         return dict(s_m1=s_m1, s_t=s_t)
-    key = dict({f: getattr(fcfg, f) for f in TRAIN_FIELDS}, device=device, m1=m1, noisy=digest(noisy),
+    key = dict({f: getattr(fcfg, f) for f in TRAIN_FIELDS}, precision=precision_name(device, fcfg.precision),
+               device=device, m1=m1, noisy=digest(noisy),
                safety=digest([ex["id"] for ex in safety]), ts=ts,
                caps=[fcfg.max_new_tokens_text, fcfg.max_new_tokens_qa], gen_batch_size=fcfg.gen_batch_size)
     v = stage(run, name, name, key, compute)
@@ -151,10 +153,13 @@ def measure(cfg, fcfg, run, device, evals, scorer, ckpt, point):
 
     def compute():
         model, tok = ff.load_m0(fcfg, device, ckpt and run / "ckpt" / ckpt["name"])
-        metrics, rows = evaluate(model, tok, evals, scorer_fn, cfg, step)  # cfg.max_new_tokens, gen_batch_size
+        with weights_in(model, dtype):  # at the precision of the run's scores, as eval.py
+            metrics, rows = evaluate(model, tok, evals, scorer_fn, cfg, step)  # cfg.max_new_tokens, gen_batch_size
         return dict(metrics=metrics, rows=rows)
+    dtype = score_dtype(device, fcfg.lora, fcfg.precision)
     key = dict(model=cfg.model if ckpt is None else ckpt["key"], sets=digest(evals), scorer=scorer_name,
-               max_new_tokens=cfg.max_new_tokens, device=device)
+               max_new_tokens=cfg.max_new_tokens, device=device) | (
+        {} if str(dtype) == "torch.float32" else dict(dtype=str(dtype).removeprefix("torch.")))  # fp32: not keyed
     v = stage(run, f"eval_{step.replace(' ', '_')}", f"evaluate {step}", key, compute)
     metrics = {m: metric(v["metrics"], m) for m in POINT_METRICS if _has(v["metrics"], m)}
     extra = {k: x for k, x in point.items() if k not in ("step", "pipeline", "x")}  # n_train, after the metrics

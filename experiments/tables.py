@@ -46,15 +46,23 @@ GROUPS = {}  # concept: the group its tables read
 
 
 def group_of(summary):
-    """What must be equal for two runs to be seeds of one experiment: the model, the toxicity scorer, the data's
-    source and its size N (the unsafe fraction r is Table 1's axis; the seed is what varies). scorer: None for a run
-    that evaluated no toxicity."""
+    """What must be equal for two runs to be seeds of one experiment: the model, its precision, the toxicity scorer,
+    the data's source and its size N (the unsafe fraction r is Table 1's axis; the seed is what varies). scorer:
+    None for a run that evaluated no toxicity."""
     d = summary["data"]["config"]
-    return dict(model=summary["model"], scorer=summary.get("scorer"), source=d.get("source", "offline"), n=d["n"])
+    return dict(model=summary["model"], precision=precision_of(summary), scorer=summary.get("scorer"),
+                source=d.get("source", "offline"), n=d["n"])
+
+
+def precision_of(summary):
+    """fp32, bf16 or fp16, from the run's precision note ("autocast torch.bfloat16", "fp32 ...")."""
+    note = summary.get("precision", "fp32")
+    return "bf16" if "bfloat16" in note else "fp16" if "float16" in note else "fp32"
 
 
 def group_label(g):
-    return (f"{g['model']}, {g['source']} data, N {g['n']}" + (f", scorer {g['scorer']}" if g["scorer"] else ""))
+    return (f"{g['model']} {g.get('precision', 'fp32')}, {g['source']} data, N {g['n']}"
+            + (f", scorer {g['scorer']}" if g["scorer"] else ""))
 
 
 def in_group(concept, run):
@@ -64,7 +72,8 @@ def in_group(concept, run):
     if not ref["scorer"]:
         ref["scorer"] = g["scorer"]
     # a run without an evaluation (the ratio runs score only the filter) has no scorer: nothing to differ in
-    if any(g[k] != ref[k] for k in ("model", "source", "n")) or (g["scorer"] and g["scorer"] != ref["scorer"]):
+    if any(g[k] != ref[k] for k in ("model", "precision", "source", "n")) or (
+            g["scorer"] and g["scorer"] != ref["scorer"]):
         OTHER_GROUP.append(f"{run['dir']} ({group_label(g)})")
         return False
     return True

@@ -227,6 +227,6 @@ def test_tables_never_average_two_groups(tmp_path):
         out = script("tables.py", "--results", res, "--doc", "", "--readme", "", "--reps", "20")
         cells[res.name] = json.loads((res / "table2.json").read_text())["cells"]["toxicity"]
     assert cells["both"] == cells["cpu"] and cells["cpu"]["FF"]["toxicity"]["seeds"] == 2
-    assert "Left out as another group" in out and "toxicity-s3 (HuggingFaceTB/SmolLM2-1.7B-Instruct, hub data, " \
+    assert "Left out as another group" in out and "toxicity-s3 (HuggingFaceTB/SmolLM2-1.7B-Instruct fp32, hub data, " \
         "N 1000, scorer detoxify-original-0.5.4)" in out
-    assert "Runs read (toxicity: smollm2-135m, offline data, N 160" in out
+    assert "Runs read (toxicity: smollm2-135m fp32, offline data, N 160" in out
