@@ -280,7 +280,7 @@ def report(summary, cfg):
 
 def recipe(s):
     """What makes two reports the same experiment: model, scorer, seed and the data's concept, source, N and ratio."""
-    data = s.get("data", {}).get("config", {})
+    data = {"source": "offline"} | s.get("data", {}).get("config", {})  # runs made before --source: offline data
     return dict(model=s.get("model"), scorer=s.get("scorer"), seed=s.get("seed"),
                 **{k: data.get(k) for k in ("concept", "source", "n", "r")})
 

@@ -47,6 +47,20 @@ def test_headline_equals_committed_claims_in_readme_and_results():
     assert (ROOT / "results" / "headline.md").read_text() == text
 
 
+def test_precision_blocks_equal_what_precision_py_renders(tmp_path):
+    """RESULTS.md's two precision blocks are experiments/precision.py's output on the committed runs, as run.sh has it."""
+    r = ROOT / "results"
+    seeds = f"{r}/toxicity,{r}/seeds/toxicity-s1,{r}/seeds/toxicity-s2"
+    for name, a, b, out in (("precision", "precision/toxicity-fp32", "precision/toxicity-bf16", "compare"),
+                            ("precision_processor", "toxicity", "precision/toxicity-fp32", "processor")):
+        if not (r / a / "summary.json").is_file() or not (r / b / "summary.json").is_file():
+            continue
+        text = script("precision.py", "--a", r / a, "--b", r / b, "--seeds", seeds, "--out", tmp_path / out, "--doc", "")
+        assert text == f"{(tmp_path / out).with_suffix('.md').read_text()}\n"
+        assert block(name, (tmp_path / out).with_suffix(".md").read_text()) in doc("RESULTS.md"), name
+        assert (r / "precision" / f"{out}.md").read_text() == (tmp_path / out).with_suffix(".md").read_text(), name
+
+
 def test_bench_and_cost_blocks_equal_committed_json():
     import bench
     import cost
@@ -102,3 +116,7 @@ def test_own_model_recipe_leaves_results_and_documents_alone(tiny_dir, tmp_path,
     script("report.py", "--run", run, "--overwrite")
     assert json.loads(path.read_text())["model"] == s["model"]
     script("report.py", "--run", run)  # the same experiment again: replaced without a word
+    s = json.loads(path.read_text())
+    del s["data"]["config"]["source"]  # a report made before --source existed: the offline data, the same experiment
+    path.write_text(json.dumps(s))
+    script("report.py", "--run", run)
