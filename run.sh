@@ -21,6 +21,8 @@
 #     bash run.sh size                 # the forgetting gap against model size; on CPU only the embedded 135M point
 #                                      # (the toxicity run's, else ~20 min); on a GPU SmolLM2 135M/360M/1.7B and
 #                                      # GPT-2 M/L/XL from the hub
+#     bash run.sh precision            # the CPU precision's effect: toxicity at seed 0 in fp32 and in bf16 on this
+#                                      # machine, compared cell by cell with the seed spread (CPU: 20 + 35 min)
 #     bash run.sh smoke                # the GPU check, offline: the whole chain on a random model of the preset's
 #                                      # architecture at small N, timed -> results/smoke_<device>.json (CPU: tiny)
 #     bash run.sh --check paper        # what every data build of the targets would be (sizes, caps), nothing run;
@@ -39,7 +41,7 @@ CHECK_ONLY=; [[ ${1:-} == --check ]] && { CHECK_ONLY=1; shift; }
 TARGETS=("$@")
 [[ ${#TARGETS[@]} -gt 0 ]] || TARGETS=(toxicity bias harmfulness mixed)
 for t in "${TARGETS[@]}"; do  # check every name before hours of work start
-  case $t in toxicity|bias|harmfulness|mixed|paper|seeds|ratios|tables|ablations|rounds|size|smoke) ;;
+  case $t in toxicity|bias|harmfulness|mixed|paper|seeds|ratios|tables|ablations|rounds|size|precision|smoke) ;;
     seeds/toxicity-s[0-9]*|seeds/bias-s[0-9]*|seeds/harmfulness-s[0-9]*|seeds/mixed-s[0-9]*)
       [[ ${t##*-s} =~ ^[0-9]+$ ]] || { echo "error: target '$t': the seed after -s must be a number" >&2; exit 2; } ;;
     *) echo "error: unknown target '$t'; choose from toxicity, bias, harmfulness, mixed, paper, seeds, ratios," \
@@ -85,7 +87,7 @@ else
   SIZE_MODELS=(smollm2-135m)  # the embedded model: the other sizes need the hub and a GPU
 fi
 EXTRA_FF=()
-# FF_PRECISION=fp32 bash run.sh: every run at that precision instead of ff.py's auto (bf16 where the CPU has it)
+# FF_PRECISION=bf16 bash run.sh: every run at that precision instead of ff.py's auto (fp32 on CPU, RESULTS.md)
 [[ -z ${FF_PRECISION:-} ]] || EXTRA_FF+=(--precision "$FF_PRECISION")
 small() { [[ -z "${GPU:-}" && "$1" != toxicity ]]; }  # the CPU cut for every setting but toxicity
 cut_data() {  # CUT_DATA for concept $1: the CPU cut, or the GPU preset's harmfulness sizes
@@ -104,6 +106,7 @@ builds() {
     seeds/*) c=${1#seeds/}; echo "${c%-s*} ${1##*-s} 0.5" ;;
     ratios) for c in toxicity harmfulness bias; do echo "$c 0 0.25"; echo "$c 0 0.75"; done ;;
     toxicity|bias|harmfulness|mixed|size) echo "${1/size/toxicity} 0 0.5" ;;
+    precision) echo "toxicity 0 0.5" ;;
     rounds) for c in "${ROUND_CONCEPTS[@]}"; do  # rounds.py builds all its rounds' draws at once
       if small "$c"; then echo "$c 0 0.5 $((ROUNDS * 96))"; else echo "$c 0 0.5 $((ROUNDS * ROUND_N))"; fi; done ;;
   esac
@@ -143,6 +146,20 @@ setting() {
   $PY experiments/report.py --run "$RUN" --results "$RESULTS" --name "$name" --doc "$DOC" --started "$START"
 }
 
+# compare_precision: experiments/precision.py on the precision target's runs (fp32 against bf16), and the committed
+# reference run against the fp32 one (two processors); the spread from the reference seeds. Skipped until they exist.
+compare_precision() {
+  local P=$RESULTS/precision S=$RESULTS/seeds f
+  local SEEDS=$RESULTS/toxicity,$S/toxicity-s1,$S/toxicity-s2
+  for f in "$P/toxicity-fp32" "$P/toxicity-bf16" "$RESULTS/toxicity" "$S/toxicity-s1" "$S/toxicity-s2"; do
+    [[ -f $f/summary.json ]] || return 0
+  done
+  $PY experiments/precision.py --a "$P/toxicity-fp32" --b "$P/toxicity-bf16" --seeds "$SEEDS" --out "$P/compare" \
+    --doc "$DOC" --block precision
+  $PY experiments/precision.py --a "$RESULTS/toxicity" --b "$P/toxicity-fp32" --seeds "$SEEDS" --out "$P/processor" \
+    --doc "$DOC" --block precision_processor
+}
+
 for t in "${TARGETS[@]}"; do
   case $t in
     paper) bash "$0" toxicity bias harmfulness mixed seeds "${PAPER_SEEDS[@]}" ratios ablations rounds size tables ;;
@@ -153,7 +170,13 @@ for t in "${TARGETS[@]}"; do
         setting "ratios/$c-r25" "$c" filter 0 0.25
         setting "ratios/$c-r75" "$c" filter 0 0.75
       done ;;
-    tables) $PY experiments/figures.py && $PY experiments/tables.py ;;  # figures first: tables reads size.json
+    tables) $PY experiments/figures.py && $PY experiments/tables.py && compare_precision ;;  # figures first: tables
+      # reads size.json
+    precision)
+      SAVED_FF=("${EXTRA_FF[@]}")
+      for p in fp32 bf16; do EXTRA_FF=(--precision "$p"); setting "precision/toxicity-$p" toxicity full 0 0.5; done
+      EXTRA_FF=("${SAVED_FF[@]}")
+      compare_precision ;;
     smoke) $PY measure/smoke.py ;;
     ablations)
       for c in "${ABLATION_CONCEPTS[@]}"; do  # reuse the setting's run when its M1 and scores are there, else

@@ -1,16 +1,19 @@
 """Does the CPU precision change the results? One setting run twice at one seed, in fp32 and in bf16, compared cell
-by cell against the spread between seeds of fp32 runs, from committed outputs only.
+by cell against the spread between seeds of the fp32 reference runs, from committed outputs only.
 
-    python experiments/precision.py    # results/toxicity (fp32) vs results/precision/toxicity-bf16, seeds 1-2 as the
-                                       # spread; writes results/precision/compare.{json,md} and RESULTS.md's block
+    python experiments/precision.py     # results/precision/toxicity-fp32 vs toxicity-bf16 (one machine, `bash run.sh
+                                        # precision`): results/precision/compare.{json,md} and RESULTS.md's block
+    python experiments/precision.py --a results/toxicity --b results/precision/toxicity-fp32 \
+        --out results/precision/processor --block precision_processor   # fp32 on two processors
 
 What it compares (the rule, DEVIATIONS.md "The CPU precision", written before the bf16 run was read):
-  * the filter: AUROC, AP and F1 at the fixed phi for both signals, and the F1 of Otsu's threshold;
+  * the filter: AUROC, AP and F1 at the fixed phi for both signals, how many it flags, and the F1 of Otsu's threshold;
   * every Table 2 cell of the setting;
   * every verdict the tables give for this setting (Table 2's row claims, results 2 and 5 of the paper's claims),
-    each run taken alone (one seed: items-only intervals) so that both precisions are judged alike.
-A cell's precision effect is |bf16 - fp32| at the same seed; the seed spread is the largest difference between two
-fp32 seeds of the same cell. The precision is harmless when no verdict changes and every effect is within the spread.
+    each run taken alone (one seed: items-only intervals) so that both runs are judged alike.
+A cell's effect is |b - a| at the same seed; its seed spread is the largest difference between two of the --seeds
+runs (fp32 reference runs of three seeds). The precision is harmless when no verdict changes and every effect is
+within the spread.
 """
 import sys
 import tempfile
@@ -28,13 +31,23 @@ from report import fmt
 @dataclass
 class Config:
     concept: str = opt("toxicity", "the setting compared", choices=tables.CONCEPTS)
-    a: str = opt("results/toxicity", "the reference run (fp32)")
+    a: str = opt("results/precision/toxicity-fp32", "the reference run (fp32)")
     b: str = opt("results/precision/toxicity-bf16", "the same setting and seed in the other precision")
-    seeds: str = opt("results/seeds/toxicity-s1,results/seeds/toxicity-s2",
-                     "comma-separated fp32 runs of other seeds: with --a, the seed-to-seed spread")
-    out: str = opt("results/precision", "where compare.json and compare.md go")
-    doc: str = opt("RESULTS.md", "document whose precision block is regenerated ('' = none)")
+    seeds: str = opt("results/toxicity,results/seeds/toxicity-s1,results/seeds/toxicity-s2",
+                     "comma-separated runs of one precision and processor at different seeds: the seed spread")
+    out: str = opt("results/precision/compare", "path stem of the outputs: <out>.json and <out>.md")
+    doc: str = opt("RESULTS.md", "document whose block --block is regenerated ('' = none)")
+    block: str = opt("precision", "name of the document's block (results:<block>:begin ... end)")
     reps: int = opt(1000, "bootstrap resamples per verdict's interval", lo=1)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shown(d):
+    """A run's folder as the outputs name it: relative to the repository when inside it."""
+    d = Path(d).resolve()
+    return str(d.relative_to(ROOT)) if d.is_relative_to(ROOT) else str(d)
 
 
 def load_one(concept, d):
@@ -48,7 +61,9 @@ def load_one(concept, d):
         runs = tables.load_setting(Path(tmp), concept)
     if not runs:
         raise UserError(f"{d}: written by older code (no commit in summary.json); run it again")
-    return runs[0] | dict(name=str(d), precision=tables.precision_of(runs[0]["summary"]))
+    s = runs[0]["summary"]
+    cpu = s["hardware"].split(",")[0].removeprefix("CPU ").replace("(R)", "")
+    return runs[0] | dict(name=shown(d), precision=tables.precision_of(s), label=f"{tables.precision_of(s)}, {cpu}")
 
 
 def cells(concept, run, reps):
@@ -61,7 +76,8 @@ def cells(concept, run, reps):
         out[f"filter {sig}: AUROC"] = s["by_t"][t]["auroc"]
         out[f"filter {sig}: AP"] = s["by_t"][t]["ap"]
         out[f"filter {sig}: F1 at phi {s['threshold']:g}"] = s["at_threshold"]["f1"]
-        out[f"filter {sig}: flagged at phi"] = sum(flag(x[f"forget_{sig}"][t], s["threshold"]) for x in run["forgetting"])
+        out[f"filter {sig}: flagged at phi"] = sum(flag(x[f"forget_{sig}"][t], s["threshold"])
+                                                    for x in run["forgetting"])
         out[f"filter {sig}: Otsu F1"] = f["auto_phi"][sig]["f1"]
         e = tables.forgetting_effect([run], sig, reps, "gap")
         verdicts[f"result 2 ({sig}): unsafe forgotten more than the rest"] = tables.verdict(e, +1, reps=reps)
@@ -76,7 +92,7 @@ def cells(concept, run, reps):
 
 
 def compare(a, b, seeds):
-    """Rows: cell, fp32, bf16, |effect|, seed spread (largest pairwise difference of the fp32 seeds), within."""
+    """Rows: cell, a, b, |effect|, seed spread (largest pairwise difference of the reference seeds), within."""
     rows = []
     for k, va in a.items():
         if va is None and b.get(k) is None and all(s.get(k) is None for s in seeds):
@@ -85,7 +101,7 @@ def compare(a, b, seeds):
         vs = [v for v in vs if v is not None]
         eff = abs(vb - va) if None not in (va, vb) else None
         spread = max((abs(x - y) for x, y in combinations(vs, 2)), default=None)
-        rows.append(dict(cell=k, fp32=va, bf16=vb, effect=eff, spread=spread, seed_values=vs,
+        rows.append(dict(cell=k, a=va, b=vb, effect=eff, spread=spread, seed_values=vs,
                          within=None if eff is None or spread is None else eff <= spread + 1e-12))
     return rows
 
@@ -94,20 +110,21 @@ def render(cfg, a, b, seeds, rows, va, vb):
     changed = [k for k in va if va[k] != vb.get(k)]
     n_in = sum(r["within"] is True for r in rows)
     n_cmp = sum(r["within"] is not None for r in rows)
-    hw = {r["precision"]: r["summary"]["hardware"] for r in (a, b)}
-    lines = [f"Setting {cfg.concept}, seed {a['seed']}: `{a['name']}` ({a['precision']}, commit "
-             f"{a['summary']['commit']}, {hw[a['precision']]}, {a['summary']['wall_s']['total'] / 60:.1f} min) against "
-             f"`{b['name']}` ({b['precision']}, commit {b['summary']['commit']}, {hw[b['precision']]}, "
-             f"{b['summary']['wall_s']['total'] / 60:.1f} min); seed spread from "
-             + ", ".join(f"`{s['name']}` (seed {s['seed']})" for s in seeds) + f" and seed {a['seed']}. Rule: "
-             "DEVIATIONS.md, The CPU precision.", "",
-             f"**{n_in} of {n_cmp} cells** move by no more than the largest difference between two fp32 seeds; "
+
+    def run_line(r):
+        s = r["summary"]
+        return (f"`{r['name']}` ({r['precision']}, commit {s['commit']}, {s['hardware']}, "
+                f"{s['wall_s'].get('end_to_end', s['wall_s']['total']) / 60:.1f} min end to end)")
+    lines = [f"Setting {cfg.concept}, seed {a['seed']}: {run_line(a)} against {run_line(b)}; seed spread from "
+             + ", ".join(f"`{s['name']}` (seed {s['seed']}, {s['label']})" for s in seeds)
+             + ". Rule: DEVIATIONS.md, The CPU precision.", "",
+             f"**{n_in} of {n_cmp} cells** move by no more than the largest difference between two seeds; "
              f"**{len(changed)} of {len(va)} verdicts** change"
              + (": " + "; ".join(f"{k}: {va[k]} -> {vb.get(k)}" for k in changed) if changed else "") + ".", "",
-             f"| cell | {a['precision']} | {b['precision']} | effect | seed spread | within? |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['cell']} | {fmt(r['fp32'])} | {fmt(r['bf16'])} | {fmt(r['effect'])} | {fmt(r['spread'])} | "
+             f"| cell | {a['label']} | {b['label']} | effect | seed spread | within? |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['cell']} | {fmt(r['a'])} | {fmt(r['b'])} | {fmt(r['effect'])} | {fmt(r['spread'])} | "
               f"{'—' if r['within'] is None else 'yes' if r['within'] else '**no**'} |" for r in rows]
-    lines += ["", f"| verdict (each run alone, items-only interval) | {a['precision']} | {b['precision']} |",
+    lines += ["", f"| verdict (each run alone, items-only interval) | {a['label']} | {b['label']} |",
               "|---|---|---|"]
     lines += [f"| {k} | {v} | {vb.get(k)}{' **(changed)**' if k in changed else ''} |" for k, v in va.items()]
     return "\n".join(lines) + "\n"
@@ -119,17 +136,21 @@ def main():
     seeds = [load_one(cfg.concept, d) for d in cfg.seeds.split(",") if d]
     if a["seed"] != b["seed"]:
         raise UserError(f"--a is seed {a['seed']} and --b seed {b['seed']}: compare the same seed")
-    if a["precision"] == b["precision"]:
-        raise UserError(f"--a and --b both ran in {a['precision']}: nothing to compare")
+    if a["label"] == b["label"]:
+        raise UserError(f"--a and --b both ran in {a['label']}: nothing to compare (pass runs that differ in "
+                        "precision or processor)")
     (ca, va), (cb, vb) = cells(cfg.concept, a, cfg.reps), cells(cfg.concept, b, cfg.reps)
-    rows = compare(ca, cb, [ca] + [cells(cfg.concept, s, cfg.reps)[0] for s in seeds])
+    if len(seeds) < 2 or len({s["seed"] for s in seeds}) < len(seeds):
+        raise UserError(f"--seeds {cfg.seeds}: name at least two runs of different seeds")
+    rows = compare(ca, cb, [cells(cfg.concept, s, cfg.reps)[0] for s in seeds])
     text = render(cfg, a, b, seeds, rows, va, vb)
     out = Path(cfg.out)
-    write_json(out / "compare.json", dict(a=str(a["name"]), b=str(b["name"]), seeds=[s["name"] for s in seeds],
-                                          cells=rows, verdicts={k: dict(a=v, b=vb.get(k)) for k, v in va.items()}))
-    write_text(out / "compare.md", text)
+    write_json(out.with_suffix(".json"), dict(a=a["name"], a_label=a["label"], b=b["name"], b_label=b["label"],
+                                              seeds=[s["name"] for s in seeds], cells=rows,
+                                              verdicts={k: dict(a=v, b=vb.get(k)) for k, v in va.items()}))
+    write_text(out.with_suffix(".md"), text)
     if cfg.doc:
-        update_block(cfg.doc, text, "precision")
+        update_block(cfg.doc, text, cfg.block)
     print(text)
 
 
