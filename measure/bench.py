@@ -1,6 +1,6 @@
 """How fast is each part, measured in one run on one model: scoring, training, and the reference run's stages.
 
-    python measure/bench.py                   # embedded SmolLM2-135M-Instruct on CPU (or CUDA when present), 10-13 min on CPU
+    python measure/bench.py                   # embedded SmolLM2-135M-Instruct on CPU (or CUDA when present), ~15 min on CPU
     python measure/bench.py --official-n 2    # fewer examples for the slow official-style loop
 
 Prints a table and writes results/bench.json, results/bench.md and PERFORMANCE.md's benchmark table (between its markers):
@@ -8,8 +8,12 @@ Prints a table and writes results/bench.json, results/bench.md and PERFORMANCE.m
     code's loop (one example at a time, `generate` with max_new_tokens=500 and no line stop, first line kept) run
     on --official-n examples and scaled to the set; both as examples/s. A second check gives both loops the same
     token cap and compares every example's ROUGE-1.
-  * training: tokens/s of full finetuning and of LoRA, and utilisation = achieved FLOP/s / the matmul peak measured
-    here (FLOPs per token: 6 N full, 4 N LoRA (no weight gradients), plus attention 12 * layers * d * seq).
+  * precisions: the matmul peak of every precision the device runs natively (fp32; bf16 where the CPU has
+    AVX512-BF16 or AMX, or on CUDA; fp16 where native), and the same matmul at the embedded model's MLP shape.
+  * training: tokens/s of full finetuning and of LoRA in each native precision, and utilisation = achieved FLOP/s /
+    the best native matmul peak measured here, and against the precision's own peak (FLOPs per token: 6 N full,
+    4 N LoRA (no weight gradients), plus attention 12 * layers * d * seq); scoring (ff.score) in each precision,
+    with how many examples keep fp32's ROUGE-1.
   * levers: training tokens/s and peak memory at --micro-tokens 256 (the default) / 512 / 1024 on short toxicity
     rows and on BBQ rows (2-2.5x longer; mean tokens in the table), with torch.compile, and with glibc's allocator
     defaults (not tune_allocator), each in a fresh process so that its peak memory is its own.
@@ -17,6 +21,7 @@ Prints a table and writes results/bench.json, results/bench.md and PERFORMANCE.m
 """
 import dataclasses
 import multiprocessing
+import os
 import random
 import sys
 import time
@@ -30,8 +35,9 @@ import ff
 from common import (DEVICES, main_guard, opt, parse_config, peak_memory_gib, read_json, release_memory, tune_allocator,
                     update_block, write_json, write_text)
 from data import BUILDERS, Config as DataConfig, build_toxicity, render
-from model import (EMBEDDED, add_lora, encode, generate, hardware, length_grouped_batches, load_model, prompt_ids,
-                   setup, token_budget_split)
+from model import (AMP, EMBEDDED, add_lora, base_dtype, encode, generate, hardware, length_grouped_batches, load_model,
+                   native_cpu_precisions, precision_name, prompt_ids, score_dtype, setup, token_budget_split,
+                   weights_in)
 
 
 @dataclass
@@ -46,20 +52,40 @@ class Config:
     device: str = opt("auto", "auto, cpu or cuda", choices=DEVICES)
 
 
+def native_precisions(device):
+    """The precisions whose matmuls this device runs natively: on CPU as model.native_cpu_precisions detects them."""
+    if device == "cpu":
+        return native_cpu_precisions()
+    return ["fp32"] + (["bf16"] if torch.cuda.is_bf16_supported(including_emulation=False) else []) + ["fp16"]
+
+
+def matmul_flops(device, dtype, m, k, n, reps):
+    a, b = torch.randn(m, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype)
+    a @ b  # warm-up
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * m * k * n * reps / (time.perf_counter() - t0)
+
+
 def matmul_peak(device, dtype):
     """The best FLOP/s of a square matmul over a few sizes: the machine's practical peak for this dtype."""
-    best = 0.0
-    for n in ((1024, 2048, 3072) if device == "cpu" else (4096, 8192)):
-        a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-        a @ b  # warm-up
-        reps = 3 if device == "cpu" else 20
-        sync(device)
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        sync(device)
-        best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - t0))
-    return best
+    return max(matmul_flops(device, dtype, n, n, n, 3 if device == "cpu" else 20)
+               for n in ((1024, 2048, 3072) if device == "cpu" else (4096, 8192)))
+
+
+def bench_precisions(device):
+    """Per native precision: the square-matmul peak and a matmul of the MLP's shape at 4096 tokens (576 x 1536 in
+    SmolLM2-135M), whose rate is what a training step's largest matmuls can reach."""
+    out = {}
+    for p in native_precisions(device):
+        dtype = AMP[p] or torch.float32
+        out[p] = dict(peak_tflop_s=round(matmul_peak(device, dtype) / 1e12, 4),
+                      mlp_tflop_s=round(matmul_flops(device, dtype, 4096, 576, 1536, 10) / 1e12, 4))
+        print(f"matmul {p}: {out[p]}")
+    return out
 
 
 def sync(device):
@@ -86,15 +112,16 @@ def bench_scoring(model, tok, noisy, cfg, fcfg, device):
     sync(device)
     ours_s = time.perf_counter() - t0
     sub = noisy[:cfg.official_n]
-    t0 = time.perf_counter()
-    official_loop(model, tok, sub, 500)
-    sync(device)
-    official_s = (time.perf_counter() - t0) / len(sub) * len(noisy)
-    # Same cap for both: every example's ROUGE-1 must agree.
-    eq = noisy[:cfg.equal_n]
-    caps = ff.caps_for(eq, fcfg)
-    ours = generate(model, tok, [render(x) for x in eq], caps, fcfg.gen_batch_size)
-    theirs = [official_loop(model, tok, [x], c)[0] for x, c in zip(eq, caps)]
+    with weights_in(model, score_dtype(device, False, fcfg.precision)):  # both loops in the precision ff.score runs
+        t0 = time.perf_counter()
+        official_loop(model, tok, sub, 500)
+        sync(device)
+        official_s = (time.perf_counter() - t0) / len(sub) * len(noisy)
+        # Same cap for both: every example's ROUGE-1 must agree.
+        eq = noisy[:cfg.equal_n]
+        caps = ff.caps_for(eq, fcfg)
+        ours = generate(model, tok, [render(x) for x in eq], caps, fcfg.gen_batch_size)
+        theirs = [official_loop(model, tok, [x], c)[0] for x, c in zip(eq, caps)]
     same = sum(ff.rouge1(x["target"], a) == ff.rouge1(x["target"], b) for x, a, b in zip(eq, ours, theirs))
     return dict(n=len(noisy), ours_s=round(ours_s, 1), ours_examples_s=round(len(noisy) / ours_s, 2),
                 official_n_measured=len(sub), official_s_scaled=round(official_s, 1),
@@ -109,26 +136,48 @@ def train_flops_per_token(model, lora, seq):
     return (4 if lora else 6) * n + 12 * c.num_hidden_layers * c.hidden_size * seq
 
 
-def bench_training(cfg, fcfg, noisy, device, peak):
-    out = {}
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+def bench_training(cfg, fcfg, noisy, device, precision, peaks, profiled):
+    """Full finetuning and LoRA in `precision` (the weights as ff.py loads them: fp32 masters, a LoRA base in the
+    autocast dtype); utilisation against the best native peak and against this precision's own."""
+    out, best = {}, max(v["peak_tflop_s"] for v in peaks.values()) * 1e12
+    fcfg = dataclasses.replace(fcfg, precision=precision)
     for mode in ("full", "lora"):
-        model, tok = load_model(cfg.model, device, dtype if mode == "lora" else torch.float32)
+        model, tok = load_model(cfg.model, device, base_dtype(device, mode == "lora", precision))
         if mode == "lora":
             model = add_lora(model, fcfg)
-        ff.train(model, tok, noisy, fcfg, 1e-5, steps=1, desc=f"{mode}: warm-up")
+        ff.train(model, tok, noisy, fcfg, 1e-5, steps=1, desc=f"{precision} {mode}: warm-up")
         sync(device)
-        log = ff.train(model, tok, noisy, fcfg, 1e-5, steps=cfg.train_steps, desc=f"{mode}: measured")
+        log = ff.train(model, tok, noisy, fcfg, 1e-5, steps=cfg.train_steps, desc=f"{precision} {mode}: measured")
         sync(device)
         seq = log["tokens"] / (cfg.train_steps * fcfg.batch_size)
         tok_s = log["tokens"] / log["wall_s"]
         flops = tok_s * train_flops_per_token(model, mode == "lora", seq)
         out[mode] = dict(tokens_s=round(tok_s, 1), tflop_s=round(flops / 1e12, 4),
-                         utilisation=round(100 * flops / peak, 1), mean_seq=round(seq, 1))
-        if mode == "full" and device == "cpu":
-            out["breakdown"] = training_breakdown(model, tok, noisy, fcfg, peak)
+                         utilisation=round(100 * flops / best, 1),
+                         utilisation_own=round(100 * flops / (peaks[precision]["peak_tflop_s"] * 1e12), 1),
+                         mean_seq=round(seq, 1), last_loss=log["loss"][-1]["loss"])
+        if mode == "full" and device == "cpu" and profiled:
+            out["breakdown"] = training_breakdown(model, tok, noisy, fcfg, best)
         del model
         release_memory()
+    return out
+
+
+def bench_scoring_precisions(model, tok, noisy, fcfg, device, precisions):
+    """ff.score over the noisy set in each precision (a bf16 run scores in bf16), and how many examples get the
+    same ROUGE-1 as fp32 and NLL within 0.05 nats/token of it."""
+    out, ref = {}, None
+    for p in precisions:
+        sync(device)
+        t0 = time.perf_counter()
+        s = ff.score(model, tok, noisy, dataclasses.replace(fcfg, precision=p), desc=f"ff.score in {p}")
+        sync(device)
+        wall = time.perf_counter() - t0
+        ref = ref or s
+        out[p] = dict(examples_s=round(len(noisy) / wall, 2), wall_s=round(wall, 1),
+                      same_rouge_as_fp32=f"{sum(s[i]['rouge'] == ref[i]['rouge'] for i in s)} / {len(s)}",
+                      nll_within_005=f"{sum(abs(s[i]['nll'] - ref[i]['nll']) <= 0.05 for i in s)} / {len(s)}")
+        print(f"scoring {p}: {out[p]}")
     return out
 
 
@@ -155,18 +204,24 @@ def training_breakdown(model, tok, noisy, fcfg, peak, steps=2):
                 padding_share=round(100 * (1 - sum(lengths) / padded), 1), profiled_steps=steps)
 
 
-# (rows, --micro-tokens, torch.compile, common.tune_allocator)
-LEVERS = [("toxicity", 256, False, True), ("toxicity", 512, False, True), ("toxicity", 1024, False, True),
-          ("toxicity", 256, True, True), ("toxicity", 256, False, False),
-          ("bias", 256, False, True), ("bias", 512, False, True), ("bias", 1024, False, True)]
+# (rows, --micro-tokens, torch.compile, common.tune_allocator, precision, environment); the bf16 rows only where bf16
+# is native. oneDNN keeps a compiled kernel per matmul shape (up to 1024): with the sequence lengths of a run that
+# cache is what grows a bf16 process's memory, so the last row caps it.
+CACHE = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+LEVERS = [("toxicity", 256, False, True, "auto", {}), ("toxicity", 512, False, True, "auto", {}),
+          ("toxicity", 1024, False, True, "auto", {}), ("toxicity", 256, True, True, "auto", {}),
+          ("toxicity", 256, False, False, "auto", {}),
+          ("bias", 256, False, True, "auto", {}), ("bias", 512, False, True, "auto", {}),
+          ("bias", 1024, False, True, "auto", {}),
+          ("toxicity", 256, False, True, "bf16", {}), ("toxicity", 256, False, True, "bf16", {CACHE: "8"})]
 
 
-def lever_child(setting, micro_tokens, compiled, tuned, steps, model_name, device, queue):
+def lever_child(setting, micro_tokens, compiled, tuned, precision, env, steps, model_name, device, queue):
     """One lever, in a fresh (spawned) process: load, warm up one step (where torch.compile compiles), measure."""
     if tuned:
         tune_allocator()
     noisy = BUILDERS[setting](DataConfig(concept=setting, n=160 if setting == "toxicity" else 96))["noisy"]
-    fcfg = ff.Config(model=model_name, device=device, micro_tokens=micro_tokens)
+    fcfg = ff.Config(model=model_name, device=device, micro_tokens=micro_tokens, precision=precision)
     model, tok = load_model(model_name, device)
     if compiled:
         model.forward = torch.compile(model.forward, dynamic=True)
@@ -175,17 +230,23 @@ def lever_child(setting, micro_tokens, compiled, tuned, steps, model_name, devic
     warm = time.time() - t0
     log = ff.train(model, tok, noisy, fcfg, 1e-5, steps=steps, desc=f"{setting} {micro_tokens}: measured")
     queue.put(dict(setting=setting, micro_tokens=micro_tokens, compiled=compiled, allocator_tuned=tuned,
-                   warmup_s=round(warm, 1),
+                   precision=precision_name(device, precision), env=env, warmup_s=round(warm, 1),
                    tokens_s=round(log["tokens"] / log["wall_s"], 1),
                    mean_seq=round(log["tokens"] / (steps * fcfg.batch_size), 1), peak_memory_gib=peak_memory_gib()))
 
 
-def bench_levers(cfg, device):
+def bench_levers(cfg, device, precisions):
     ctx, out = multiprocessing.get_context("spawn"), []
-    for lever in LEVERS:
+    for *lever, precision, env in LEVERS:
+        if precision != "auto" and (precision not in precisions or precision == precision_name(device)):
+            continue  # not native here, or the same as the auto rows
         queue = ctx.Queue()
-        p = ctx.Process(target=lever_child, args=(*lever, cfg.train_steps, cfg.model, device, queue))
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)  # the child starts with it, before its torch loads oneDNN
+        p = ctx.Process(target=lever_child, args=(*lever, precision, env, cfg.train_steps, cfg.model, device, queue))
         p.start()
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
         out.append(queue.get())
         p.join()
         print(f"lever: {out[-1]}")
@@ -193,59 +254,84 @@ def bench_levers(cfg, device):
 
 
 def stage_table(results):
+    """The four settings' reference runs, then the same settings run at another precision (results/precision/)."""
     rows = {}
-    for p in sorted(Path(results).glob("*/summary.json")):
+    for p in sorted(Path(results).glob("*/summary.json")) + sorted(Path(results).glob("precision/*/summary.json")):
         s = read_json(p)
+        if "wall_s" not in s:  # report.py's index of the runs beside it, not a run
+            continue
         rows[p.parent.name] = dict(stages_s=dict(s["wall_s"]["ff"], data=s["wall_s"]["data"], eval=s["wall_s"]["eval"]),
                                    total_min=round(s["wall_s"]["total"] / 60, 1), peak_memory_gib=s["peak_memory_gib"],
                                    memory_gib=dict(s.get("memory_gib", {}).get("ff", {}),
                                                    eval=s.get("memory_gib", {}).get("eval")),
-                                   hardware=s["hardware"])
+                                   hardware=s["hardware"], on=run_on(s), reference=p.parent.parent == Path(results))
     return rows
 
 
+def run_on(summary):
+    """'fp32, AMD EPYC': the precision and the processor a run's times belong to."""
+    note = summary.get("precision", "fp32")
+    cpu = summary["hardware"].split(",")[0].removeprefix("CPU ").replace("(R)", "")
+    return f"{'bf16' if 'bfloat16' in note else 'fp16' if 'float16' in note else 'fp32'}, {cpu}"
+
+
 def render_table(b):
-    s, t = b["scoring"], b["training"]
-    lines = [f"Benchmark: model `{b['model']}`, {b['hardware']}, torch {b['torch']}, {b['dtype']}; matmul peak "
-             f"{b['matmul_peak_tflop_s']:.3f} TFLOP/s measured in the same run; wall time {b['wall_s'] / 60:.1f} min. "
-             "Reproduce: `.venv/bin/python measure/bench.py`.", "",
-             "| what | ours | official-style | ratio |", "|---|---|---|---|",
+    s, t, pr = b["scoring"], b["training"], b["precisions"]
+    best = b["best_precision"]
+    lines = [f"Benchmark: model `{b['model']}`, {b['hardware']}, torch {b['torch']}; native precisions "
+             f"{', '.join(pr)} (ff.py's auto runs {b['default_precision']} here); wall time {b['wall_s'] / 60:.1f} "
+             "min. Reproduce: `.venv/bin/python measure/bench.py`.", "",
+             f"| what ({b['default_precision']}) | ours | official-style | ratio |", "|---|---|---|---|",
              f"| scoring {s['n']} noisy examples (examples/s) | {s['ours_examples_s']} | {s['official_examples_s']} "
              f"(scaled from {s['official_n_measured']}) | {s['speedup']}x |",
              f"| same per-example ROUGE-1 at the same cap | {s['same_rouge']} | | |", "",
-             "| training | tokens/s | TFLOP/s | utilisation of matmul peak |", "|---|---|---|---|"]
-    lines += [f"| {m} | {v['tokens_s']} | {v['tflop_s']} | {v['utilisation']} % |" for m, v in t.items()
-              if m in ("full", "lora")]
-    if "breakdown" in t:
-        d = t["breakdown"]
-        lines += ["", f"Where full finetuning's time goes (torch.profiler over {d['profiled_steps']} steps): matmuls "
-                  f"{d['matmul_time_share']} % of it, running at {d['matmul_utilisation']} % of the peak; AdamW "
-                  f"{d['adamw_time_share']} %; everything else (norms, activations, attention, the loss, gradient "
-                  f"sums) {d['other_time_share']} %. Padding is {d['padding_share']} % of the tokens the forward "
-                  "passes compute."]
+             f"Each native precision side by side (utilisation: achieved FLOP/s over the best native matmul peak, "
+             f"{best}'s {pr[best]['peak_tflop_s']:.3f} TFLOP/s, and over the precision's own peak):", "",
+             "| precision | matmul peak (TFLOP/s) | MLP-shape matmul (TFLOP/s) | full: tokens/s | full: of best peak "
+             f"| full: of own peak | full: loss after {b['config']['train_steps'] + 1} steps | LoRA: tokens/s "
+             "| LoRA: of best peak | scoring (examples/s) | same ROUGE-1 as fp32 | NLL within 0.05 of fp32 |",
+             "|---" * 12 + "|"]
+    for p, v in pr.items():
+        f, lo, sc = t[p]["full"], t[p]["lora"], b["scoring_by_precision"][p]
+        lines.append(f"| {p} | {v['peak_tflop_s']:.3f} | {v['mlp_tflop_s']:.3f} | {f['tokens_s']} | "
+                     f"{f['utilisation']} % | {f['utilisation_own']} % | {f['last_loss']} | {lo['tokens_s']} | "
+                     f"{lo['utilisation']} % | {sc['examples_s']} | {sc['same_rouge_as_fp32']} | "
+                     f"{sc['nll_within_005']} |")
+    d = t[best].get("breakdown")
+    if d:
+        lines += ["", f"Where full finetuning's time goes in {best} (torch.profiler over {d['profiled_steps']} steps): "
+                  f"matmuls {d['matmul_time_share']} % of it, running at {d['matmul_utilisation']} % of the {best} "
+                  f"peak; AdamW {d['adamw_time_share']} %; everything else (norms, activations, attention, the loss, "
+                  f"gradient sums) {d['other_time_share']} %. Padding is {d['padding_share']} % of the tokens the "
+                  "forward passes compute."]
     if b.get("levers"):
-        lines += ["", "Training levers (full finetuning, batch 8, each in a fresh process):", "",
-                  "| rows | mean tokens | --micro-tokens | torch.compile | allocator | tokens/s | peak memory (GiB) "
-                  "| warm-up step (s) |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += ["", f"Training levers (full finetuning, batch 8, {b['config']['train_steps']} steps after a warm-up, "
+                      "each in a fresh process):", "",
+                  "| rows | mean tokens | --micro-tokens | torch.compile | allocator | precision | tokens/s "
+                  "| peak memory (GiB) | warm-up step (s) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {v['setting']} | {v['mean_seq']} | {v['micro_tokens']} | {'yes' if v['compiled'] else 'no'} | "
-                  f"{'tuned' if v['allocator_tuned'] else 'glibc defaults'} | "
-                  f"{v['tokens_s']} | {v['peak_memory_gib']} | {v['warmup_s']} |" for v in b["levers"]]
+                  f"{'tuned' if v['allocator_tuned'] else 'glibc defaults'} | {v.get('precision', 'fp32')}"
+                  + "".join(f", {k}={x}" for k, x in v.get("env", {}).items())
+                  + f" | {v['tokens_s']} | {v['peak_memory_gib']} | {v['warmup_s']} |" for v in b["levers"]]
     if b["stages"]:
         names = list(dict.fromkeys(k for v in b["stages"].values() for k in v["stages_s"]))
-        lines += ["", "Reference runs (`bash run.sh`), wall time per stage in seconds:", "",
-                  "| setting | " + " | ".join(names) + " | total (min) | peak memory (GiB) |",
-                  "|---" * (len(names) + 3) + "|"]
+        lines += ["", "Reference runs (`bash run.sh`; results/precision/: one setting again at another precision or "
+                      "processor), wall time per stage in seconds:", "",
+                  "| setting | run on | " + " | ".join(names) + " | total (min) | peak memory (GiB) |",
+                  "|---" * (len(names) + 4) + "|"]
         for k, v in b["stages"].items():
-            lines.append(f"| {k} | " + " | ".join(f"{v['stages_s'][n]:.0f}" if n in v["stages_s"] else ""
-                                                for n in names) + f" | {v['total_min']} | {v['peak_memory_gib']} |")
-        lines.append("| all settings | " + " | " * len(names)
-                     + f"{sum(v['total_min'] for v in b['stages'].values()):.1f} | |")
+            lines.append(f"| {k} | {v.get('on', '')} | " + " | ".join(
+                f"{v['stages_s'][n]:.0f}" if n in v["stages_s"] else "" for n in names)
+                + f" | {v['total_min']} | {v['peak_memory_gib']} |")
+        lines.append("| the four settings | | " + " | " * len(names)
+                     + f"{sum(v['total_min'] for v in b['stages'].values() if v.get('reference', True)):.1f} | |")
         if all(v.get("memory_gib", {}).get("eval") for v in b["stages"].values()):
             lines += ["", "Peak resident memory of the process by the end of each stage (GiB; eval.py is a process "
-                          "of its own):", "", "| setting | " + " | ".join(n for n in names if n != "data") + " |",
-                      "|---" * len(names) + "|"]
-            lines += [f"| {k} | " + " | ".join(f"{v['memory_gib'].get(n) or ''}" for n in names if n != "data")
+                          "of its own):", "", "| setting | run on | " + " | ".join(n for n in names if n != "data")
+                      + " |", "|---" * (len(names) + 1) + "|"]
+            lines += [f"| {k} | {v.get('on', '')} | " + " | ".join(f"{v['memory_gib'].get(n) or ''}" for n in names
+                                                               if n != "data")
                       + " |" for k, v in b["stages"].items()]
     return "\n".join(lines) + "\n"
 
@@ -256,20 +342,24 @@ def main():
     device, _, _, _ = setup(cfg.device)  # with the allocator tuning, as ff.py and eval.py
     fcfg = ff.Config(model=cfg.model, device=device)
     noisy = build_toxicity(DataConfig())["noisy"]  # the default run's noisy set
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    peak = matmul_peak(device, dtype)
-    print(f"matmul peak {peak / 1e12:.3f} TFLOP/s ({dtype})")
+    precisions = bench_precisions(device)
+    default = precision_name(device)  # what ff.py's auto runs in here: the official-style comparison and the levers
+    best = max(precisions, key=lambda p: precisions[p]["peak_tflop_s"])
     model, tok = load_model(cfg.model, device)
     scoring = bench_scoring(model, tok, noisy, cfg, fcfg, device)
     print(f"scoring: {scoring}")
+    scoring_by = bench_scoring_precisions(model, tok, noisy, fcfg, device, list(precisions))
     del model
     release_memory()
-    training = bench_training(cfg, fcfg, noisy, device, peak)
-    print(f"training: {training}")
-    levers = bench_levers(cfg, device) if cfg.levers else []
-    b = dict(model=cfg.model, hardware=hardware(), torch=torch.__version__, dtype=str(dtype),
-             matmul_peak_tflop_s=round(peak / 1e12, 4), scoring=scoring, training=training, levers=levers,
-             stages=stage_table(cfg.results), config=dataclasses.asdict(cfg), wall_s=round(time.time() - t_all, 1))
+    training = {}
+    for p in precisions:  # the profile at the best native precision: where the time goes at the machine's peak
+        training[p] = bench_training(cfg, fcfg, noisy, device, p, precisions, profiled=p == best)
+        print(f"training {p}: {training[p]}")
+    levers = bench_levers(cfg, device, precisions) if cfg.levers else []
+    b = dict(model=cfg.model, hardware=hardware(), torch=torch.__version__, default_precision=default,
+             best_precision=best, precisions=precisions, scoring=scoring, scoring_by_precision=scoring_by,
+             training=training, levers=levers, stages=stage_table(cfg.results), config=dataclasses.asdict(cfg),
+             wall_s=round(time.time() - t_all, 1))
     write_json(Path(cfg.results) / "bench.json", b)
     table = render_table(b)
     write_text(Path(cfg.results) / "bench.md", table)

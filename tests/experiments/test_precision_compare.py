@@ -14,7 +14,7 @@ def test_compare_hand_cases():
     a = {"x": 1.0, "y": 10.0, "z": None}
     b = {"x": 1.3, "y": 14.0, "z": None}
     seeds = [a, {"x": 0.8, "y": 12.0, "z": None}, {"x": 1.1, "y": 11.0, "z": None}]
-    rows = {r["cell"]: r for r in precision.compare(a, b, seeds)}
+    rows = {r["cell"]: r for r in precision.compare(a, b, seeds)}  # the spread: over the seeds given
     # x: effect |1.3 - 1.0| = 0.3; seeds 1.0, 0.8, 1.1: largest pairwise difference 0.3 -> within (a tie counts)
     assert rows["x"]["effect"] == pytest.approx(0.3) and rows["x"]["spread"] == pytest.approx(0.3)
     assert rows["x"]["within"] is True
@@ -34,8 +34,9 @@ def test_precision_compare_on_the_committed_run(tmp_path):
     s["precision"] = "autocast torch.bfloat16"
     s["conditions"]["FF"]["toxicity"] += 1.0  # far outside any seed spread
     (b / "summary.json").write_text(json.dumps(s))
-    args = ["--a", root / "toxicity", "--b", b, "--seeds", f"{root}/seeds/toxicity-s1,{root}/seeds/toxicity-s2",
-            "--out", tmp_path / "out", "--doc", "", "--reps", "20"]
+    seeds = f"{root}/toxicity,{root}/seeds/toxicity-s1,{root}/seeds/toxicity-s2"
+    args = ["--a", root / "toxicity", "--b", b, "--seeds", seeds,
+            "--out", tmp_path / "out/compare", "--doc", "", "--reps", "20"]
     out = script("precision.py", *args)
     assert "| FF: toxicity |" in out and "**no**" in out
     rows = {r["cell"]: r for r in json.loads((tmp_path / "out/compare.json").read_text())["cells"]}
@@ -43,5 +44,5 @@ def test_precision_compare_on_the_committed_run(tmp_path):
     assert out.split("verdicts** change")[0].rsplit("**", 1)[-1].startswith("0 of ")  # same rows, same verdicts
     s["precision"] = "fp32"
     (b / "summary.json").write_text(json.dumps(s))
-    with pytest.raises(UserError, match="both ran in fp32"):
+    with pytest.raises(UserError, match="both ran in fp32, AMD EPYC"):
         script("precision.py", *args)
