@@ -27,10 +27,11 @@ CACHE = Path(os.environ.get("FF_CACHE", Path(__file__).resolve().parent / ".cach
 # Device and precision. auto: bf16 autocast on CUDA (fp16 + GradScaler where bf16 is missing); on CPU CPU_AUTO where
 # the cores run it natively, else fp32 (without native support torch emulates bf16, slower than fp32). CPU_AUTO is
 # fp32: bf16 on an AMX Xeon scores twice as fast but trains about as fast, doubles the memory and moves a few of
-# the toxicity run's numbers past the seed spread (RESULTS.md, The CPU precision). What stays fp32 under autocast: the master weights and AdamW's moments (a bf16 update of lr x grad would
-# round to nothing against a weight), the loss (log-softmax over 49k logits), and LoRA adapters (peft keeps them
-# fp32). --precision bf16 / fp16 force autocast on either device: that is how the tests run both mixed-precision
-# paths on any CPU, so no CUDA branch is untested logic.
+# the toxicity run's numbers past the seed spread (RESULTS.md, The CPU precision). What stays fp32 under autocast:
+# the master weights and AdamW's moments (a bf16 update of lr x grad would round to nothing against a weight), the
+# loss (log-softmax over 49k logits), and LoRA adapters (peft keeps them fp32). --precision bf16 / fp16 force
+# autocast on either device: that is how the tests run both mixed-precision paths on any CPU, so no CUDA branch is
+# untested logic.
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
