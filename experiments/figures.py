@@ -199,8 +199,8 @@ def main():
     cfg = parse_config(Config, __doc__)
     results, drawn = Path(cfg.results), []
     for p in sorted(results.rglob("summary.json")):
-        if p.parent != results:
-            results_figures(p.parent, read_json(p))
+        if p.parent != results and "filter" in (s := read_json(p)):  # a run's, not report.py's index of its folder
+            results_figures(p.parent, s)
             drawn.append(p.parent / "forgetting_hist.png")
     for p in sorted(results.rglob("ablations.json")):
         drawn.append(ablation_figure(read_json(p), p.with_suffix(".png")))
