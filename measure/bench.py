@@ -204,25 +204,30 @@ def training_breakdown(model, tok, noisy, fcfg, peak, steps=2):
                 padding_share=round(100 * (1 - sum(lengths) / padded), 1), profiled_steps=steps)
 
 
-# (rows, --micro-tokens, torch.compile, common.tune_allocator, precision, environment); the bf16 rows only where bf16
-# is native. oneDNN keeps a compiled kernel per matmul shape (up to 1024): with the sequence lengths of a run that
-# cache is what grows a bf16 process's memory, so the last row caps it.
+# (rows, --micro-tokens, torch.compile, common.tune_allocator, precision, environment, sparse embedding gradient); the
+# bf16 rows only where bf16 is native. oneDNN keeps a compiled kernel per matmul shape (up to 1024): with the sequence
+# lengths of a run that cache is what grows a bf16 process's memory, so one row caps it. The tied embedding's
+# gradient is dense (a zeroed vocabulary x d matrix per pass, then added to the output layer's): the last row makes
+# the lookup's part sparse (nn.Embedding(sparse=True)), which the output layer's dense gradient then absorbs.
 CACHE = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
-LEVERS = [("toxicity", 256, False, True, "auto", {}), ("toxicity", 512, False, True, "auto", {}),
-          ("toxicity", 1024, False, True, "auto", {}), ("toxicity", 256, True, True, "auto", {}),
-          ("toxicity", 256, False, False, "auto", {}),
-          ("bias", 256, False, True, "auto", {}), ("bias", 512, False, True, "auto", {}),
-          ("bias", 1024, False, True, "auto", {}),
-          ("toxicity", 256, False, True, "bf16", {}), ("toxicity", 256, False, True, "bf16", {CACHE: "8"})]
+LEVERS = [("toxicity", 256, False, True, "auto", {}, False), ("toxicity", 512, False, True, "auto", {}, False),
+          ("toxicity", 1024, False, True, "auto", {}, False), ("toxicity", 256, True, True, "auto", {}, False),
+          ("toxicity", 256, False, False, "auto", {}, False),
+          ("bias", 256, False, True, "auto", {}, False), ("bias", 512, False, True, "auto", {}, False),
+          ("bias", 1024, False, True, "auto", {}, False),
+          ("toxicity", 256, False, True, "bf16", {}, False),
+          ("toxicity", 256, False, True, "bf16", {CACHE: "8"}, False),
+          ("toxicity", 256, False, True, "auto", {}, True)]
 
 
-def lever_child(setting, micro_tokens, compiled, tuned, precision, env, steps, model_name, device, queue):
+def lever_child(setting, micro_tokens, compiled, tuned, precision, env, sparse, steps, model_name, device, queue):
     """One lever, in a fresh (spawned) process: load, warm up one step (where torch.compile compiles), measure."""
     if tuned:
         tune_allocator()
     noisy = BUILDERS[setting](DataConfig(concept=setting, n=160 if setting == "toxicity" else 96))["noisy"]
     fcfg = ff.Config(model=model_name, device=device, micro_tokens=micro_tokens, precision=precision)
     model, tok = load_model(model_name, device)
+    model.get_input_embeddings().sparse = sparse
     if compiled:
         model.forward = torch.compile(model.forward, dynamic=True)
     t0 = time.time()
@@ -230,20 +235,22 @@ def lever_child(setting, micro_tokens, compiled, tuned, precision, env, steps, m
     warm = time.time() - t0
     log = ff.train(model, tok, noisy, fcfg, 1e-5, steps=steps, desc=f"{setting} {micro_tokens}: measured")
     queue.put(dict(setting=setting, micro_tokens=micro_tokens, compiled=compiled, allocator_tuned=tuned,
-                   precision=precision_name(device, precision), env=env, warmup_s=round(warm, 1),
+                   precision=precision_name(device, precision), env=env, sparse_embedding_grad=sparse,
+                   warmup_s=round(warm, 1), last_loss=log["loss"][-1]["loss"],
                    tokens_s=round(log["tokens"] / log["wall_s"], 1),
                    mean_seq=round(log["tokens"] / (steps * fcfg.batch_size), 1), peak_memory_gib=peak_memory_gib()))
 
 
 def bench_levers(cfg, device, precisions):
     ctx, out = multiprocessing.get_context("spawn"), []
-    for *lever, precision, env in LEVERS:
+    for *lever, precision, env, sparse in LEVERS:
         if precision != "auto" and (precision not in precisions or precision == precision_name(device)):
             continue  # not native here, or the same as the auto rows
         queue = ctx.Queue()
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)  # the child starts with it, before its torch loads oneDNN
-        p = ctx.Process(target=lever_child, args=(*lever, precision, env, cfg.train_steps, cfg.model, device, queue))
+        p = ctx.Process(target=lever_child, args=(*lever, precision, env, sparse, cfg.train_steps, cfg.model, device,
+                                                  queue))
         p.start()
         for k, v in saved.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
@@ -307,13 +314,14 @@ def render_table(b):
     if b.get("levers"):
         lines += ["", f"Training levers (full finetuning, batch 8, {b['config']['train_steps']} steps after a warm-up, "
                       "each in a fresh process):", "",
-                  "| rows | mean tokens | --micro-tokens | torch.compile | allocator | precision | tokens/s "
-                  "| peak memory (GiB) | warm-up step (s) |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| rows | mean tokens | --micro-tokens | torch.compile | allocator | precision | embedding gradient "
+                  "| tokens/s | peak memory (GiB) | warm-up step (s) | loss after the steps |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {v['setting']} | {v['mean_seq']} | {v['micro_tokens']} | {'yes' if v['compiled'] else 'no'} | "
                   f"{'tuned' if v['allocator_tuned'] else 'glibc defaults'} | {v.get('precision', 'fp32')}"
                   + "".join(f", {k}={x}" for k, x in v.get("env", {}).items())
-                  + f" | {v['tokens_s']} | {v['peak_memory_gib']} | {v['warmup_s']} |" for v in b["levers"]]
+                  + f" | {'sparse' if v.get('sparse_embedding_grad') else 'dense'} | {v['tokens_s']} | "
+                  f"{v['peak_memory_gib']} | {v['warmup_s']} | {v.get('last_loss', '')} |" for v in b["levers"]]
     if b["stages"]:
         names = list(dict.fromkeys(k for v in b["stages"].values() for k in v["stages_s"]))
         lines += ["", "Reference runs (`bash run.sh`; results/precision/: one setting again at another precision or "
