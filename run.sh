@@ -22,7 +22,7 @@
 #                                      # (the toxicity run's, else ~20 min); on a GPU SmolLM2 135M/360M/1.7B and
 #                                      # GPT-2 M/L/XL from the hub
 #     bash run.sh precision            # the CPU precision's effect: toxicity at seed 0 in fp32 and in bf16 on this
-#                                      # machine, compared cell by cell with the seed spread (CPU: 20 + 35 min)
+#                                      # machine, compared cell by cell with the seed spread (CPU: 20-40 min each)
 #     bash run.sh smoke                # the GPU check, offline: the whole chain on a random model of the preset's
 #                                      # architecture at small N, timed -> results/smoke_<device>.json (CPU: tiny)
 #     bash run.sh --check paper        # what every data build of the targets would be (sizes, caps), nothing run;
