@@ -105,6 +105,14 @@ def parse_config(cls, doc, argv=None):
 # JSON I/O. Every problem with an input file names the file and line; every write goes through a temporary file in
 # the same folder and a rename, so no reader (and no crash) ever sees half a file.
 
+
+def run_on(summary):
+    """(precision, processor) a run's summary.json records: ("bf16", "Intel Xeon Processor") from its precision note
+    ("autocast torch.bfloat16", "fp32", ...) and its hardware line ("CPU Intel(R) Xeon(R) Processor, 2 cores, ...")."""
+    note = summary.get("precision", "fp32")
+    precision = "bf16" if "bfloat16" in note else "fp16" if "float16" in note else "fp32"
+    return precision, summary["hardware"].split(",")[0].removeprefix("CPU ").replace("(R)", "")
+
 def read_jsonl(path, required=("prompt", "target"), keep_lines=False):
     """One JSON object per line; blank lines are skipped. Every problem names the file and line. keep_lines: also
     return each row's line exactly as read (the filtered set is written back byte for byte) and its line number."""

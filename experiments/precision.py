@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tool (common, metrics, ...) is one level up
 import tables
-from common import UserError, main_guard, opt, parse_config, update_block, write_json, write_text
+from common import UserError, main_guard, opt, parse_config, run_on, update_block, write_json, write_text
 from metrics import flag
 from report import fmt
 
@@ -62,8 +62,8 @@ def load_one(concept, d):
     if not runs:
         raise UserError(f"{d}: written by older code (no commit in summary.json); run it again")
     s = runs[0]["summary"]
-    cpu = s["hardware"].split(",")[0].removeprefix("CPU ").replace("(R)", "")
-    return runs[0] | dict(name=shown(d), precision=tables.precision_of(s), label=f"{tables.precision_of(s)}, {cpu}")
+    precision, cpu = run_on(s)
+    return runs[0] | dict(name=shown(d), precision=precision, label=f"{precision}, {cpu}")
 
 
 def cells(concept, run, reps):

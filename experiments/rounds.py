@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tool (common, data, ff, ...) is one level up
 import ff
 import data
@@ -159,7 +161,7 @@ def measure(cfg, fcfg, run, device, evals, scorer, ckpt, point):
     dtype = score_dtype(device, fcfg.lora, fcfg.precision)
     key = dict(model=cfg.model if ckpt is None else ckpt["key"], sets=digest(evals), scorer=scorer_name,
                max_new_tokens=cfg.max_new_tokens, device=device) | (
-        {} if str(dtype) == "torch.float32" else dict(dtype=str(dtype).removeprefix("torch.")))  # fp32: not keyed
+        {} if dtype == torch.float32 else dict(dtype=str(dtype).removeprefix("torch.")))  # fp32: not keyed
     v = stage(run, f"eval_{step.replace(' ', '_')}", f"evaluate {step}", key, compute)
     metrics = {m: metric(v["metrics"], m) for m in POINT_METRICS if _has(v["metrics"], m)}
     extra = {k: x for k, x in point.items() if k not in ("step", "pipeline", "x")}  # n_train, after the metrics

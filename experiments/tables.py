@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tool (common, data, ff, ...) is one level up
-from common import UserError, main_guard, opt, parse_config, read_json, read_jsonl, update_block, write_json, write_text
+from common import (UserError, main_guard, opt, parse_config, read_json, read_jsonl, run_on, update_block, write_json,
+                    write_text)
 from figures import domain_label
 from metrics import auroc, bbq_metrics, bootstrap, flag, forgetting_gap, mean, metric as metric_value
 from report import fmt
@@ -50,14 +51,8 @@ def group_of(summary):
     the data's source and its size N (the unsafe fraction r is Table 1's axis; the seed is what varies). scorer:
     None for a run that evaluated no toxicity."""
     d = summary["data"]["config"]
-    return dict(model=summary["model"], precision=precision_of(summary), scorer=summary.get("scorer"),
+    return dict(model=summary["model"], precision=run_on(summary)[0], scorer=summary.get("scorer"),
                 source=d.get("source", "offline"), n=d["n"])
-
-
-def precision_of(summary):
-    """fp32, bf16 or fp16, from the run's precision note ("autocast torch.bfloat16", "fp32 ...")."""
-    note = summary.get("precision", "fp32")
-    return "bf16" if "bfloat16" in note else "fp16" if "float16" in note else "fp32"
 
 
 def group_label(g):

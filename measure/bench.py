@@ -32,8 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tool (common, data, ff, ...) is one level up
 import ff
-from common import (DEVICES, main_guard, opt, parse_config, peak_memory_gib, read_json, release_memory, tune_allocator,
-                    update_block, write_json, write_text)
+from common import (DEVICES, main_guard, opt, parse_config, peak_memory_gib, read_json, release_memory, run_on,
+                    tune_allocator, update_block, write_json, write_text)
 from data import BUILDERS, Config as DataConfig, build_toxicity, render
 from model import (AMP, EMBEDDED, add_lora, base_dtype, encode, generate, hardware, length_grouped_batches, load_model,
                    native_cpu_precisions, precision_name, prompt_ids, score_dtype, setup, token_budget_split,
@@ -271,15 +271,12 @@ def stage_table(results):
                                    total_min=round(s["wall_s"]["total"] / 60, 1), peak_memory_gib=s["peak_memory_gib"],
                                    memory_gib=dict(s.get("memory_gib", {}).get("ff", {}),
                                                    eval=s.get("memory_gib", {}).get("eval")),
-                                   hardware=s["hardware"], on=run_on(s), reference=p.parent.parent == Path(results))
+                                   hardware=s["hardware"], on=", ".join(run_on(s)),
+                                   reference=p.parent.parent == Path(results))
     return rows
 
 
-def run_on(summary):
-    """'fp32, AMD EPYC': the precision and the processor a run's times belong to."""
-    note = summary.get("precision", "fp32")
-    cpu = summary["hardware"].split(",")[0].removeprefix("CPU ").replace("(R)", "")
-    return f"{'bf16' if 'bfloat16' in note else 'fp16' if 'float16' in note else 'fp32'}, {cpu}"
+
 
 
 def render_table(b):
